@@ -1,0 +1,162 @@
+"""Policy losses: ratio, surrogate, mismatch correction, KL term and aggregation.
+
+The per-token clipped surrogate is PPO's as used by GRPO (DeepSeekMath, arXiv 2402.03300) and
+DAPO's clip-higher (arXiv 2503.14476); dual clip follows verl. GRPO's KL is k3 added to the
+loss (not the reward), aggregated the same way as the policy term. Aggregation modes follow
+ALGORITHMS.md §0.4 exactly, with one decision made explicit: sequences with no loss-bearing
+token are left out of the sequence count B (verl's choice; TRL keeps them).
+
+Each stage is a plain dict from config name to a pure function; one signature per dict.
+`compute_loss` composes them and is the only place the config picks a function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grpo_cli.algorithms.kl import KL_ESTIMATORS
+from grpo_cli.types import BatchNorm, LossInputs, LossOutput
+
+# Log-ratio clamps before exp (verl): token ratios to ±20, sequence log-ratio to ≤ 10.
+TOKEN_LOG_RATIO_CLAMP = 20.0
+SEQUENCE_LOG_RATIO_MAX = 10.0
+
+
+def _masked_seq_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[b, C] -> [b]: per-sequence mean over loss-bearing tokens (0 for empty sequences)."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+# ---- ratio: (LossInputs) -> log-ratio [b, C] ---------------------------------------------
+
+def token_log_ratio(inp: LossInputs) -> torch.Tensor:
+    """log ρ_{i,t} = ℓ - ℓ_old per token."""
+    return (inp.logprobs - inp.old_logprobs).clamp(-TOKEN_LOG_RATIO_CLAMP, TOKEN_LOG_RATIO_CLAMP)
+
+
+def sequence_log_ratio(inp: LossInputs) -> torch.Tensor:
+    """GSPO: log s_i = mean_t(ℓ - ℓ_old), broadcast to every token of the sequence."""
+    seq = _masked_seq_mean(inp.logprobs - inp.old_logprobs, inp.loss_mask)
+    return seq.clamp(max=SEQUENCE_LOG_RATIO_MAX)[:, None].expand_as(inp.logprobs)
+
+
+def sequence_token_log_ratio(inp: LossInputs) -> torch.Tensor:
+    """GSPO-token: sg(log s_i) + ℓ - sg(ℓ); the value is s_i, the gradient per token s_i ∇ℓ."""
+    seq = sequence_log_ratio(inp).detach()
+    return (seq + inp.logprobs - inp.logprobs.detach()).clamp(max=SEQUENCE_LOG_RATIO_MAX)
+
+
+RATIOS = {
+    "token": token_log_ratio,
+    "sequence": sequence_log_ratio,
+    "sequence_token": sequence_token_log_ratio,
+}
+
+
+# ---- policy loss: (log_ratio, LossInputs, cfg) -> PolicyTerms ----------------------------
+
+@dataclass
+class PolicyTerms:
+    """token_loss [b, C]; clipped_low / clipped_high [b, C] bool where that clip removed the
+    gradient (A < 0 with ρ < 1-ε_low, A > 0 with ρ > 1+ε_high); ratio [b, C] detached."""
+
+    token_loss: torch.Tensor
+    clipped_low: torch.Tensor
+    clipped_high: torch.Tensor
+    ratio: torch.Tensor
+
+
+def clipped_surrogate(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+    """-min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), bounded by -c·A for A < 0 under dual clip."""
+    ratio = torch.exp(log_ratio)
+    adv = inp.advantages
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high) * adv
+    token_loss = -torch.minimum(unclipped, clipped)
+    if cfg.dual_clip_c is not None:
+        bounded = torch.minimum(token_loss, -cfg.dual_clip_c * adv)
+        token_loss = torch.where(adv < 0, bounded, token_loss)
+    r = ratio.detach()
+    return PolicyTerms(
+        token_loss=token_loss,
+        clipped_low=(adv < 0) & (r < 1.0 - cfg.clip_eps_low),
+        clipped_high=(adv > 0) & (r > 1.0 + cfg.clip_eps_high),
+        ratio=r,
+    )
+
+
+def policy_gradient(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+    """-ρA with no clip: REINFORCE with importance weight (gradient A ρ ∇ℓ)."""
+    ratio = torch.exp(log_ratio)
+    never = torch.zeros_like(ratio, dtype=torch.bool)
+    return PolicyTerms(-ratio * inp.advantages, never, never, ratio.detach())
+
+
+POLICY_LOSSES = {
+    "clip": clipped_surrogate,
+    "pg": policy_gradient,
+}
+
+
+# ---- mismatch correction: (LossInputs, cfg) -> detached weight [b, C] ---------------------
+
+def no_correction(inp: LossInputs, cfg) -> torch.Tensor:
+    return torch.ones_like(inp.loss_mask)
+
+
+CORRECTIONS = {
+    "none": no_correction,
+}
+
+
+# ---- aggregation: (token_loss [b, C], loss_mask [b, C], BatchNorm) -> scalar ---------------
+
+def seq_mean_token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+    """(1/B) Σ_i Σ_t m L / |o_i|: the GRPO paper's and GSPO's."""
+    per_seq = (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return per_seq.sum() / max(1, norm.num_sequences)
+
+
+def token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+    """Σ_i Σ_t m L / Σ_i |o_i| over the whole mini-batch: DAPO's, CISPO's, GFPO's."""
+    return (token_loss * mask).sum() / max(1, norm.num_tokens)
+
+
+def seq_mean_token_sum_norm(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+    """(1/B) Σ_i Σ_t m L / L_norm with L_norm the generation budget: Dr. GRPO's."""
+    return (token_loss * mask).sum() / (norm.length_norm * max(1, norm.num_sequences))
+
+
+AGGREGATIONS = {
+    "seq_mean_token_mean": seq_mean_token_mean,
+    "token_mean": token_mean,
+    "seq_mean_token_sum_norm": seq_mean_token_sum_norm,
+}
+
+
+# ---- composition -------------------------------------------------------------------------
+
+def compute_loss(inp: LossInputs, cfg, norm: BatchNorm) -> LossOutput:
+    """The micro-batch's share of the mini-batch loss for the configured variant."""
+    aggregate = AGGREGATIONS[cfg.aggregation]
+    mask = inp.loss_mask
+    terms = POLICY_LOSSES[cfg.policy_loss](RATIOS[cfg.ratio](inp), inp, cfg)
+    policy_token_loss = terms.token_loss * CORRECTIONS[cfg.correction](inp, cfg).detach()
+    policy_loss = aggregate(policy_token_loss, mask, norm)
+    loss = policy_loss
+    metrics = {"loss/policy": policy_loss.item()}
+    if inp.ref_logprobs is not None:
+        kl = KL_ESTIMATORS[cfg.kl_estimator](inp.logprobs, inp.ref_logprobs)
+        kl_value = aggregate(kl, mask, norm)
+        if cfg.kl_in == "loss":
+            loss = loss + cfg.kl_coef * kl_value
+        metrics["kl"] = kl_value.item()
+    per_token = lambda flag: (flag.float() * mask).sum().item() / max(1, norm.num_tokens)  # noqa: E731
+    metrics["clip/low_fraction"] = per_token(terms.clipped_low)
+    metrics["clip/high_fraction"] = per_token(terms.clipped_high)
+    metrics["clip/fraction"] = metrics["clip/low_fraction"] + metrics["clip/high_fraction"]
+    metrics["ratio/mean"] = (terms.ratio * mask).sum().item() / max(1, norm.num_tokens)
+    metrics["loss/total"] = loss.item()
+    return LossOutput(loss=loss, metrics=metrics)

@@ -1,0 +1,139 @@
+"""Compose the run configuration with Hydra's compose API, and check it.
+
+We do not use `@hydra.main`: it changes the working directory and writes its own output
+folders, and our contract is that relative paths mean what they mean in the user's shell.
+Recipes (`recipes/*.yaml`, `# @package _global_`) are stored in the ConfigStore under group
+`recipe` before composing, so `+recipe=NAME` works from a checkout and from an installed wheel
+alike; folders in $GRPO_RECIPE_PATH (separated by ':') add the user's own recipes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from grpo_cli.config import PACKAGE_DIR, ConfigError, GrpoConfig, resolve_path
+
+def _first_existing(*candidates: Path) -> Path:
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise ConfigError(f"cannot find the {candidates[0].name}/ folder; reinstall the package")
+
+
+def config_dir() -> Path:
+    """conf/ inside an installed wheel, or at the root of a checkout."""
+    return _first_existing(PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf")
+
+
+def recipe_dirs() -> list[Path]:
+    shipped = _first_existing(PACKAGE_DIR / "recipes", PACKAGE_DIR.parent / "recipes")
+    extra = [Path(p) for p in os.environ.get("GRPO_RECIPE_PATH", "").split(":") if p]
+    return [shipped, *extra]
+
+
+def available_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for file in sorted(folder.glob("*.yaml")):
+            found.setdefault(file.stem, file)
+    return found
+
+
+def _register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="grpo_schema", node=GrpoConfig)
+    for name, file in available_recipes().items():
+        store.store(group="recipe", name=name, node=OmegaConf.load(file), package="_global_")
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra and OmegaConf messages span lines and causes; keep the lines that say what is wrong."""
+    parts: list[str] = []
+    while error is not None:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        parts.extend(line for line in lines[:1] if line not in parts and "$VALUE" not in line)
+        key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+        if key and key not in " ".join(parts):
+            parts.append(f"(key: {key})")
+        error = error.__cause__ or error.__context__
+    return " ".join(parts) if parts else "invalid configuration"
+
+
+def _explain(message: str, overrides: list[str]) -> str:
+    """Turn Hydra's wording into the fix a user needs."""
+    if re.fullmatch(r"Could not override '[^']+'\.", message):
+        return message.replace("Could not override", "unknown config key") + " see `grpo train --cfg job`"
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
+    if missing:
+        group, name = missing.groups()
+        options = available_recipes() if group == "recipe" else _group_options(group)
+        return f"unknown {group} {name!r}; available: {', '.join(options)}"
+    return message + "; see `grpo train --cfg job` for the valid keys"
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/config.yaml with the command-line overrides; raise ConfigError on misuse."""
+    _register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="grpo"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except Exception as error:  # Hydra raises several unrelated exception types here
+        raise ConfigError(_explain(_one_line(error), overrides)) from error
+    _reject_unknown_keys(cfg, "")
+    return cfg
+
+
+def _reject_unknown_keys(node, path: str) -> None:
+    """Hydra lets `+key=value` add keys to a structured config; a typo must still fail."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            _reject_unknown_keys(item, f"{path}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key in node.keys():
+        where = f"{path}.{key}" if path else str(key)
+        if known is not None and key not in known:
+            raise ConfigError(f"unknown config key {where!r}; valid keys there: {', '.join(sorted(known))}")
+        if known is not None:
+            _reject_unknown_keys(node._get_node(key), where)
+
+
+def to_object(cfg: DictConfig) -> GrpoConfig:
+    """Resolve interpolations into the typed config, with user paths made absolute."""
+    try:
+        obj: GrpoConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from error
+    obj.model.name_or_path = resolve_path(obj.model.name_or_path)
+    obj.data.path = resolve_path(obj.data.path)
+    obj.data.eval_path = resolve_path(obj.data.eval_path)
+    obj.output_dir = os.path.abspath(os.path.expanduser(obj.output_dir))
+    obj.eval.checkpoint = resolve_path(obj.eval.checkpoint)
+    if obj.eval.output is not None:
+        obj.eval.output = os.path.abspath(os.path.expanduser(obj.eval.output))
+    if obj.resume not in (None, "auto"):
+        obj.resume = os.path.abspath(os.path.expanduser(obj.resume))
+    return obj
+
+
+def to_yaml(cfg: GrpoConfig | DictConfig, resolve: bool = False) -> str:
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_yaml(node, resolve=resolve)

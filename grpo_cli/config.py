@@ -1,0 +1,237 @@
+"""Configuration: structured schemas behind every Hydra group, composition, and validate().
+
+The schemas are registered in Hydra's ConfigStore, so a misspelled key or a wrong type fails
+during composition with Hydra's message naming the key, before torch or a model loads.
+Cross-field rules that a type cannot express live in `validate()`. This module must not import
+torch: `grpo --help` and `grpo train --cfg job` stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+class UserError(Exception):
+    """Bad input from the user: the message names the problem and the fix, in one line."""
+
+
+class ConfigError(UserError):
+    """A bad configuration value or key."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING  # hub id or local folder
+    dtype: str = "float32"  # float32 | bfloat16 | float16: learner weights
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU)
+    n: int = 8  # completions per prompt: the group size G
+    temperature: float = 1.0
+    top_p: float = 1.0  # 1.0 = off; < 1 truncates the behaviour policy (ALGORITHMS.md §0.2)
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 64  # the generation budget (also Dr. GRPO's L_norm)
+    batch_size: int = 512  # sequences generated at once (hf)
+    gpu_memory_utilization: float = 0.5  # vllm
+    enforce_eager: bool = False  # vllm
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # local .jsonl/.json/.parquet/.csv file or hub id
+    split: str = "train"
+    eval_path: Optional[str] = None  # held-out prompts; None = no held-out evaluation
+    eval_split: str = "test"
+    prompt_key: str = "question"
+    answer_key: str = "answer"
+    template: str = "{question}"  # user message, with {column} fields from the row
+    chat_template: bool = True  # wrap in the tokenizer's chat template
+    system_prompt: Optional[str] = None
+    max_prompt_tokens: int = 512  # longer prompts are dropped and counted
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str = MISSING  # a built-in reward name
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
+    # A completion is correct (for accuracy) when the first function's value exceeds this.
+    correct_above: float = 0.5
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    group_filter: str = "none"
+    advantage: str = "grpo"
+    std_ddof: int = 1  # sample std as TRL/verl/oat/OpenRLHF; the GRPO paper does not say
+    adv_eps: float = 1.0e-6  # verl's
+    ratio: str = "token"
+    policy_loss: str = "clip"
+    clip_eps_low: float = 0.2  # PPO default; the GRPO paper does not state ε
+    clip_eps_high: float = 0.2
+    dual_clip_c: Optional[float] = None
+    correction: str = "none"
+    aggregation: str = "seq_mean_token_mean"
+    length_norm: Optional[int] = None  # seq_mean_token_sum_norm constant; None = max_new_tokens
+    kl_estimator: str = "k3"
+    kl_coef: float = 0.04  # DeepSeekMath β
+    kl_in: str = "loss"  # loss | reward
+    epochs: int = 1  # μ: update passes over each generation batch
+    mini_batches: int = 1  # optimizer steps per pass
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 100  # generation rounds; each makes epochs x mini_batches optimizer steps
+    prompts_per_step: int = 16
+    micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate exactly
+    lr: float = 1.0e-6
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | linear | cosine (after warm-up)
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    save_every: int = 0  # 0 = only at the end
+    eval_every: int = 0  # 0 = only before and after training
+    keep_last: int = 0  # 0 = keep every checkpoint
+
+
+@dataclass
+class EvalConfig:
+    k: int = 4  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: Optional[int] = None  # None = the sampler's budget
+    num_prompts: int = 0  # 0 = every held-out prompt
+    checkpoint: Optional[str] = None  # grpo eval: checkpoint folder; None = model.name_or_path
+    output: Optional[str] = None  # grpo eval: write the figures as JSON here
+
+
+@dataclass
+class GrpoConfig:
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/${algorithm.name}"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    resume: Optional[str] = None  # None | auto | path of a checkpoint folder
+    overwrite: bool = False  # allow writing into a folder that holds another run
+    recipe: Optional[str] = None  # set by +recipe=NAME files for the record
+
+
+def _asset(name: str) -> str:
+    return str(ASSETS_DIR / name)
+
+
+OmegaConf.register_new_resolver("grpo_asset", _asset, replace=True)
+
+
+def resolve_path(path: str | None) -> str | None:
+    """User paths are relative to where the command ran; hub ids pass through unchanged."""
+    if path is None:
+        return None
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded) or os.path.exists(expanded):
+        return os.path.abspath(expanded)
+    return path
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _require_name(value: str, registry: dict, key: str) -> None:
+    _require(value in registry, f"{key}={value!r} is not known; valid: {', '.join(sorted(registry))}")
+
+
+def _validate_algorithm(a: AlgorithmConfig) -> None:
+    from grpo_cli import algorithms as alg
+
+    _require_name(a.group_filter, alg.GROUP_FILTERS, "algorithm.group_filter")
+    _require_name(a.advantage, alg.ADVANTAGES, "algorithm.advantage")
+    _require_name(a.ratio, alg.RATIOS, "algorithm.ratio")
+    _require_name(a.policy_loss, alg.POLICY_LOSSES, "algorithm.policy_loss")
+    _require_name(a.correction, alg.CORRECTIONS, "algorithm.correction")
+    _require_name(a.aggregation, alg.AGGREGATIONS, "algorithm.aggregation")
+    _require_name(a.kl_estimator, alg.KL_ESTIMATORS, "algorithm.kl_estimator")
+    _require(a.kl_in in ("loss", "reward"), f"algorithm.kl_in={a.kl_in!r}: use loss or reward")
+    _require(a.std_ddof in (0, 1), f"algorithm.std_ddof={a.std_ddof}: use 0 (population) or 1 (sample)")
+    _require(a.adv_eps >= 0, f"algorithm.adv_eps={a.adv_eps} must be >= 0")
+    _require(0 < a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1)")
+    _require(a.clip_eps_high > 0, f"algorithm.clip_eps_high={a.clip_eps_high} must be > 0")
+    _require(a.dual_clip_c is None or a.dual_clip_c > 1, f"algorithm.dual_clip_c={a.dual_clip_c} must be > 1")
+    _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef} must be >= 0")
+    _require(a.epochs >= 1, f"algorithm.epochs={a.epochs} must be >= 1")
+    _require(a.mini_batches >= 1, f"algorithm.mini_batches={a.mini_batches} must be >= 1")
+    _require(a.length_norm is None or a.length_norm > 0, f"algorithm.length_norm={a.length_norm} must be > 0")
+
+
+def _validate_sampling(cfg: GrpoConfig) -> None:
+    from grpo_cli.sampler import SAMPLERS
+
+    s = cfg.sampler
+    _require_name(s.name, SAMPLERS, "sampler.name")
+    _require(s.n >= 2, f"sampler.n={s.n}: a group needs at least 2 completions per prompt (GRPO's std is undefined for 1)")
+    _require(s.temperature > 0, f"sampler.temperature={s.temperature} must be > 0")
+    _require(0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must lie in (0, 1]")
+    _require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be >= 0 (0 = off)")
+    _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens={s.max_new_tokens} must be >= 1")
+    _require(s.batch_size >= 1, f"sampler.batch_size={s.batch_size} must be >= 1")
+    _require(cfg.eval.k >= 1, f"eval.k={cfg.eval.k} must be >= 1")
+    _require(cfg.eval.temperature > 0, f"eval.temperature={cfg.eval.temperature} must be > 0")
+
+
+def _validate_trainer(cfg: GrpoConfig) -> None:
+    t = cfg.trainer
+    _require(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
+    _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
+    _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
+    _require(t.lr > 0, f"trainer.lr={t.lr} must be > 0")
+    _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
+    _require(t.schedule in ("constant", "linear", "cosine"), f"trainer.schedule={t.schedule!r}: use constant, linear or cosine")
+    _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
+    for key in ("save_every", "eval_every", "keep_last"):
+        _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
+    batch = t.prompts_per_step * cfg.sampler.n
+    minis = cfg.algorithm.mini_batches
+    _require(batch % minis == 0, f"algorithm.mini_batches={minis} must divide trainer.prompts_per_step x sampler.n = {batch}")
+
+
+def validate(cfg: GrpoConfig) -> GrpoConfig:
+    """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
+    from grpo_cli.rewards import REWARDS
+
+    _validate_algorithm(cfg.algorithm)
+    _validate_sampling(cfg)
+    _validate_trainer(cfg)
+    _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
+    _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    _require(len(cfg.reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
+    for i, fn in enumerate(cfg.reward.functions):
+        _require_name(fn.name, REWARDS, f"reward.functions[{i}].name")
+    return cfg

@@ -1,0 +1,126 @@
+"""Prompt data sets: local files or hub ids, a prompt template, the chat template.
+
+A local path (.jsonl, .json, .parquet, .csv) is read with `datasets`' file builders; anything
+else is taken as a hub id for `datasets.load_dataset`. Each row's user message is the
+`template` with `{column}` fields filled from the row; with `chat_template` it is wrapped in
+the tokenizer's chat template (and the optional system prompt). Prompts longer than
+`max_prompt_tokens` are dropped and counted. The order of prompts for step s is a function of
+(seed, s) alone, so a resumed run sees the same prompts as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+
+import torch
+
+from grpo_cli.config import UserError
+from grpo_cli.types import PromptBatch
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_rows(path: str, split: str) -> list[dict]:
+    """Every row of a local file or a hub data set split, as dicts."""
+    import datasets
+
+    extension = os.path.splitext(path)[1].lower()
+    if extension in FILE_BUILDERS:
+        if not os.path.isfile(path):
+            raise UserError(f"data file {path} does not exist; check data.path / data.eval_path")
+        try:
+            table = datasets.load_dataset(FILE_BUILDERS[extension], data_files={"rows": path}, split="rows")
+        except Exception as error:  # datasets wraps parser errors in several types
+            raise UserError(f"cannot read data file {path}: {str(error).splitlines()[0]}") from error
+    else:
+        try:
+            table = datasets.load_dataset(path, split=split)
+        except Exception as error:  # hub, network and builder errors
+            raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]}") from error
+    rows = table.to_list()
+    if not rows:
+        raise UserError(f"data {path} has no rows")
+    return rows
+
+
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+class PromptRenderer:
+    """Row -> prompt text -> token ids, as configured by the `data` group."""
+
+    def __init__(self, data_cfg, tokenizer):
+        self.cfg = data_cfg
+        self.tokenizer = tokenizer
+        if data_cfg.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError("the tokenizer has no chat template; set data.chat_template=false")
+
+    def text(self, row: dict) -> str:
+        user = self.cfg.template.format_map(row)
+        if not self.cfg.chat_template:
+            return user
+        messages = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
+        messages.append({"role": "user", "content": user})
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=not self.cfg.chat_template)["input_ids"]
+
+
+@dataclass
+class PromptSet:
+    """Rendered prompts of one split, in file order."""
+
+    prompt_ids: list[list[int]]
+    prompts: list[str]
+    examples: list[dict]
+    dropped_too_long: int
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def take(self, index: list[int]) -> PromptBatch:
+        return PromptBatch(prompt_ids=[self.prompt_ids[i] for i in index],
+                           prompts=[self.prompts[i] for i in index],
+                           examples=[self.examples[i] for i in index])
+
+
+def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> PromptSet:
+    """Read, check the columns the template and rewards need, render and tokenize."""
+    rows = load_rows(path, split)
+    needed = set(template_fields(data_cfg.template)) | {data_cfg.answer_key}
+    for line, row in enumerate(rows, start=1):
+        missing = sorted(needed - set(row))
+        if missing:
+            raise UserError(f"{path}: row {line} has no column {missing[0]!r} (columns: {', '.join(row)}); "
+                            f"fix data.template / data.answer_key or the file")
+    renderer = PromptRenderer(data_cfg, tokenizer)
+    kept = PromptSet([], [], [], 0)
+    for row in rows[:limit] if limit else rows:
+        text = renderer.text(row)
+        ids = renderer.ids(text)
+        if len(ids) > data_cfg.max_prompt_tokens:
+            kept.dropped_too_long += 1
+            continue
+        kept.prompt_ids.append(ids)
+        kept.prompts.append(text)
+        kept.examples.append(row)
+    if not kept.examples:
+        raise UserError(f"{path}: every prompt is longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
+    return kept
+
+
+def step_indices(num_rows: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Row indices for `step`: consecutive slices of a seeded permutation, one per epoch."""
+    out: list[int] = []
+    position = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(position, num_rows)
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(per_step - len(out), num_rows - offset)
+        out.extend(order[offset:offset + take].tolist())
+        position += take
+    return out

@@ -1,0 +1,165 @@
+"""The learner: policy model, optional frozen reference, AdamW, schedule, and the update.
+
+Log-probs are recomputed in fp32 at the sampling temperature (ALGORITHMS.md §0.2). The
+update runs μ epochs over shuffled mini-batches (§1.4); each mini-batch is one optimizer step
+whose loss normalisers are counted over the whole mini-batch before it is split into
+micro-batches, so the accumulated gradient equals the full-batch gradient (§0.4). With μ = 1
+and one mini-batch the learner skips recomputing ℓ_old and uses ℓ.detach() (ratio ≡ 1), as
+TRL does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from grpo_cli.algorithms import compute_loss
+from grpo_cli.types import BatchNorm, LossInputs, Rollouts, TrainBatch
+
+
+def schedule_factor(step: int, warmup: int, total: int, kind: str) -> float:
+    """Learning-rate multiplier after `step` optimizer steps: linear warm-up, then the schedule."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def sequence_logprobs(model, batch: TrainBatch, temperature: float, with_entropy: bool = False):
+    """Per-token log-probs of the completion tokens, [b, C] fp32 (and the entropy [b, C])."""
+    width = batch.completion_width
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=positions, logits_to_keep=width + 1, use_cache=False)
+    logp = (out.logits[:, :-1].float() / temperature).log_softmax(-1)
+    targets = batch.input_ids[:, -width:]
+    token_logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)
+    if not with_entropy:
+        return token_logprobs, None
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    return token_logprobs, entropy
+
+
+class Learner:
+    def __init__(self, cfg, device: torch.device, dtype: torch.dtype, total_optimizer_steps: int,
+                 policy_path: str | None = None):
+        """The policy loads from `policy_path` (a checkpoint on resume); the reference, when
+        the KL coefficient is non-zero, always from the configured base model."""
+        self.cfg = cfg
+        self.device = device
+        load = lambda path: AutoModelForCausalLM.from_pretrained(  # noqa: E731
+            path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code).to(device)
+        self.model = load(policy_path or cfg.model.name_or_path)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.train()
+        self.reference = None
+        if cfg.algorithm.kl_coef > 0:
+            self.reference = load(cfg.model.name_or_path).eval().requires_grad_(False)
+        t = cfg.trainer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                           weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
+        self.temperature = cfg.sampler.temperature
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What the sampler needs after an update (parameters and buffers, by name)."""
+        return dict(self.model.state_dict())
+
+    def to_train_batch(self, rollouts: Rollouts) -> TrainBatch:
+        """Concatenate prompt and completion; advantages are filled in later."""
+        ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
+        mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
+        loss_mask = rollouts.completion_mask.float()
+        return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
+                          advantages=torch.zeros_like(loss_mask), sampler_logprobs=rollouts.sampler_logprobs)
+
+    @torch.no_grad()
+    def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
+        size = self.cfg.trainer.micro_batch_size
+        parts = []
+        for start in range(0, len(batch), size):
+            micro = self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
+            parts.append(sequence_logprobs(model, micro, self.temperature)[0].cpu())
+        return torch.cat(parts) * batch.loss_mask
+
+    def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
+        """ℓ_old (unless μ = 1 with one mini-batch) and ℓ_ref (when a reference exists)."""
+        a = self.cfg.algorithm
+        kl_in_reward = a.kl_coef > 0 and a.kl_in == "reward"
+        needs_old = a.epochs > 1 or a.mini_batches > 1 or kl_in_reward
+        self.model.eval()
+        old = self._logprobs_of(self.model, batch) if needs_old else None
+        ref = self._logprobs_of(self.reference, batch) if self.reference is not None else None
+        self.model.train()
+        return replace(batch, old_logprobs=old, ref_logprobs=ref)
+
+    def _to_device(self, batch: TrainBatch) -> TrainBatch:
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        return TrainBatch(**{k: move(getattr(batch, k)) for k in batch.__dataclass_fields__})
+
+    def update(self, batch: TrainBatch, seed: int) -> dict[str, float]:
+        """μ epochs of optimizer steps over mini-batches; returns metrics averaged over steps."""
+        a = self.cfg.algorithm
+        generator = torch.Generator().manual_seed(seed)
+        per_step: list[dict[str, float]] = []
+        for _ in range(a.epochs):
+            order = torch.randperm(len(batch), generator=generator)
+            for index in order.chunk(a.mini_batches):
+                per_step.append(self.optimizer_step(batch.select(index)))
+        return {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
+
+    def batch_norm(self, batch: TrainBatch) -> BatchNorm:
+        lengths = batch.loss_mask.sum(-1)
+        budget = self.cfg.algorithm.length_norm or self.cfg.sampler.max_new_tokens
+        return BatchNorm(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
+                         length_norm=float(budget))
+
+    def accumulate_gradients(self, batch: TrainBatch) -> dict[str, float]:
+        """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
+        norm = self.batch_norm(batch)
+        metrics: dict[str, float] = {}
+        size = self.cfg.trainer.micro_batch_size
+        for start in range(0, len(batch), size):
+            micro = self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
+            logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True)
+            old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+            inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
+                                sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,
+                                loss_mask=micro.loss_mask)
+            out = compute_loss(inputs, self.cfg.algorithm, norm)
+            out.loss.backward()
+            out.metrics["entropy"] = (entropy * micro.loss_mask).sum().item() / max(1, norm.num_tokens)
+            gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
+            out.metrics["mismatch/abs_logprob_gap"] = gap.sum().item() / max(1, norm.num_tokens)
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        return metrics
+
+    def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.accumulate_gradients(batch)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
+        if self.batch_norm(batch).num_tokens > 0:
+            self.optimizer.step()
+        self.scheduler.step()
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+

@@ -1,0 +1,177 @@
+"""The training step and the run.
+
+One step (DeepSeekMath's GRPO, arXiv 2402.03300, Algorithm 1, with the reward model fixed):
+sample K completions per prompt, score them, filter groups, compute advantages, update the
+policy (μ epochs over mini-batches), push the new weights into the sampler, log. The variant
+only changes which function each stage dictionary hands back, never the shape of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from grpo_cli import checkpoint
+from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, KL_ESTIMATORS, AdvantageInputs
+from grpo_cli.algorithms.advantages import group_stats
+from grpo_cli.data import PromptSet, step_indices
+from grpo_cli.evaluate import EvalResult, evaluate
+from grpo_cli.learner import Learner
+from grpo_cli.rewards import RewardSet
+from grpo_cli.sampler import SamplingParams
+from grpo_cli.types import Rollouts, Scores, TrainBatch
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once by runtime.build_run."""
+
+    cfg: object
+    tokenizer: object
+    train_prompts: PromptSet
+    eval_prompts: PromptSet | None
+    rewards: RewardSet
+    learner: Learner
+    sampler: object
+    train_params: SamplingParams
+    eval_params: SamplingParams
+
+
+def derived_seed(seed: int, step: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, step, purpose)."""
+    return (seed * 1_000_003 + step) * 16 + stream
+
+
+def rewards_with_kl(total: torch.Tensor, batch: TrainBatch, algorithm) -> torch.Tensor:
+    """R_i - β Σ_t KL_t when the KL goes into the reward (PPO style); R_i otherwise."""
+    if algorithm.kl_in != "reward" or batch.ref_logprobs is None:
+        return total
+    kl = KL_ESTIMATORS[algorithm.kl_estimator](batch.old_logprobs, batch.ref_logprobs)
+    return total - algorithm.kl_coef * (kl * batch.loss_mask).sum(-1)
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """One generation round and its updates; returns the step's metrics."""
+    cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
+    rows = step_indices(len(run.train_prompts), cfg.trainer.prompts_per_step, step, cfg.seed)
+    batch = run.train_prompts.take(rows)
+    run.sampler.wake()
+    rollouts = run.sampler.generate(batch, run.train_params, seed=derived_seed(cfg.seed, step, 0))
+    run.sampler.sleep()
+    clock.lap("generate")
+    scores = run.rewards.score(batch, rollouts)
+    clock.lap("reward")
+    selected = GROUP_FILTERS[algorithm.group_filter](rollouts, scores, algorithm)
+    train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts))
+    clock.lap("logprobs")
+    rewards = torch.where(selected, rewards_with_kl(scores.total, train_batch, algorithm), math.nan)
+    advantages = ADVANTAGES[algorithm.advantage](
+        AdvantageInputs(rewards, rollouts.group_ids, train_batch.loss_mask), algorithm)
+    update = run.learner.update(replace(train_batch, advantages=advantages), seed=derived_seed(cfg.seed, step, 1))
+    clock.lap("update")
+    run.sampler.load_weights(run.learner.weights(), version=step + 1)
+    clock.lap("push")
+    return {**rollout_metrics(rollouts, scores, selected, algorithm), **update, **clock.metrics(rollouts)}
+
+
+def rollout_metrics(rollouts: Rollouts, scores: Scores, selected: torch.Tensor, algorithm) -> dict[str, float]:
+    lengths = rollouts.completion_lengths.float()
+    stats = group_stats(scores.total, rollouts.group_ids, algorithm.std_ddof)
+    out = {
+        "reward/mean": float(scores.total.nanmean()),
+        "reward/std": float(scores.total[~scores.total.isnan()].std()) if scores.total.numel() > 1 else 0.0,
+        "accuracy/train": float(scores.correct.float().mean()),
+        "completion/mean_length": float(lengths.mean()),
+        "completion/min_length": float(lengths.min()),
+        "completion/max_length": float(lengths.max()),
+        "completion/truncated_fraction": float(rollouts.truncated.float().mean()),
+        "groups/no_spread_fraction": float(stats.no_spread.float().mean()),
+        "groups/selected_fraction": float(selected.float().mean()),
+    }
+    for name, values in scores.components.items():
+        out[f"reward/{name}"] = float(values.nanmean())
+    return out
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self.last
+        self.last = now
+
+    def metrics(self, rollouts: Rollouts) -> dict[str, float]:
+        tokens = float(rollouts.completion_lengths.sum())
+        total = self.last - self.start
+        out = {f"time/{name}": seconds for name, seconds in self.laps.items()}
+        out["time/step"] = total
+        out["perf/tokens_per_second"] = tokens / max(total, 1e-9)
+        out["perf/generation_tokens_per_second"] = tokens / max(self.laps.get("generate", 0.0), 1e-9)
+        return out
+
+
+def run_eval(run: Run, step: int) -> EvalResult | None:
+    if run.eval_prompts is None:
+        return None
+    run.sampler.wake()
+    result = evaluate(run.sampler, run.eval_prompts, run.rewards, run.eval_params,
+                      seed=derived_seed(run.cfg.seed, 0, 2))
+    run.sampler.sleep()
+    return result
+
+
+def eval_record(result: EvalResult | None) -> dict[str, float]:
+    return {} if result is None else {f"eval/{k}": v for k, v in result.to_dict().items()}
+
+
+def save_checkpoint(run: Run, step: int, base_eval: EvalResult | None):
+    state = {"learner": run.learner.state_dict(), "base_eval": None if base_eval is None else base_eval.to_dict()}
+    return checkpoint.save(run.cfg.output_dir, step, run.learner.model, run.tokenizer, state,
+                           keep_last=run.cfg.trainer.keep_last)
+
+
+def is_due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
+    """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
+    from grpo_cli.metrics import MetricsFile, ProgressBar
+    from grpo_cli.runtime import build, prepare_run_dir
+
+    resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
+    run_dir = prepare_run_dir(cfg, config_yaml, overrides)
+    run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)
+    start, base_eval = 0, None
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        run.learner.load_state_dict(state["learner"])
+        checkpoint.restore_rng(state["rng"])
+        start = state["step"]
+        base_eval = EvalResult(**state["base_eval"]) if state.get("base_eval") else None
+    metrics = MetricsFile(run_dir / "metrics.jsonl", keep_through=start if resume_from else -1)
+    if resume_from is None:
+        base_eval = run_eval(run, 0)
+        metrics.write({"step": 0, **eval_record(base_eval)})
+    final_eval, saved = base_eval, resume_from
+    with ProgressBar(total=cfg.trainer.steps, start=start) as bar:
+        for step in range(start + 1, cfg.trainer.steps + 1):
+            record = {"step": step, **train_step(run, step - 1)}
+            record["loss"] = record["loss/total"]
+            if is_due(cfg.trainer.eval_every, step) or step == cfg.trainer.steps:
+                final_eval = run_eval(run, step)
+                record.update(eval_record(final_eval))
+            metrics.write(record)
+            bar.update(step, record)
+            if is_due(cfg.trainer.save_every, step) or step == cfg.trainer.steps:
+                saved = save_checkpoint(run, step, base_eval)
+    metrics.close()
+    return {"run_dir": str(run_dir), "checkpoint": None if saved is None else str(saved),
+            "base": None if base_eval is None else base_eval.to_dict(),
+            "final": None if final_eval is None else final_eval.to_dict(), "steps": cfg.trainer.steps}

@@ -1,0 +1,79 @@
+"""Metrics: one JSON object per step in metrics.jsonl, and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsFile:
+    """Append-only JSON lines. Lines of steps after `keep_through` are dropped on open, so a
+    resumed run (keep_through = its checkpoint's step) writes no step twice, and a fresh run
+    (keep_through = -1) starts an empty file."""
+
+    def __init__(self, path: Path, keep_through: int):
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_through]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.handle = path.open("a")
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class ProgressBar:
+    """step, ETA, reward, accuracy, length, KL, clip fraction, tokens/s."""
+
+    FIELDS = (("reward", "reward/mean", "{:.3f}"), ("acc", "accuracy/train", "{:.2f}"),
+              ("len", "completion/mean_length", "{:.1f}"), ("kl", "kl", "{:.4f}"),
+              ("clip", "clip/fraction", "{:.3f}"), ("tok/s", "perf/tokens_per_second", "{:.0f}"))
+
+    def __init__(self, total: int, start: int):
+        self.progress = Progress(
+            TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=24),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+            console=console, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step: int, record: dict) -> None:
+        stats = " ".join(f"{name} {fmt.format(record[key])}" for name, key, fmt in self.FIELDS
+                         if isinstance(record.get(key), (int, float)))
+        self.progress.update(self.task, completed=step, stats=stats)
+
+
+def results_table(title: str, rows: dict[str, dict]) -> Table:
+    """rows: label -> {metric: value}; one column per metric."""
+    table = Table(title=title)
+    keys = list(next(iter(rows.values())))
+    table.add_column("")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for label, values in rows.items():
+        table.add_row(label, *[f"{values[k]:.4f}" if isinstance(values[k], float) else str(values[k]) for k in keys])
+    return table

@@ -1,0 +1,40 @@
+"""Rewards: built-in functions by name, weighted and combined into `Scores`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from grpo_cli.rewards.builtin import REWARDS
+from grpo_cli.types import PromptBatch, Rollouts, Scores
+
+__all__ = ["REWARDS", "RewardSet"]
+
+
+class RewardSet:
+    """The configured reward functions, built once, applied to every batch."""
+
+    def __init__(self, reward_cfg):
+        self.specs = list(reward_cfg.functions)
+        self.functions = [REWARDS[spec.name](**dict(spec.kwargs)) for spec in self.specs]
+        self.correct_above = reward_cfg.correct_above
+
+    def score(self, batch: PromptBatch, rollouts: Rollouts) -> Scores:
+        """Call every function on all N completions; None becomes NaN."""
+        index = rollouts.group_ids.tolist()
+        prompts = [batch.prompts[i] for i in index]
+        columns = {key: [batch.examples[i].get(key) for i in index] for key in batch.examples[0]}
+        components: dict[str, torch.Tensor] = {}
+        total = torch.zeros(len(index), dtype=torch.float64)
+        opinions = torch.zeros(len(index), dtype=torch.bool)
+        for spec, fn in zip(self.specs, self.functions):
+            values = fn(prompts, rollouts.completions, **columns)
+            column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
+            components[spec.name] = column.float()
+            known = ~torch.isnan(column)
+            total += torch.where(known, spec.weight * column, torch.zeros_like(column))
+            opinions |= known
+        total = torch.where(opinions, total, torch.full_like(total, math.nan)).float()
+        first = components[self.specs[0].name]
+        return Scores(total=total, components=components, correct=first > self.correct_above)

@@ -1,0 +1,62 @@
+"""Built-in reward functions.
+
+`final_answer` scores the number on the last `Answer:` line of a completion against the
+reference column, as DAPO's recipe does for math (arXiv 2503.14476: +1 / -1 with
+`correct=1, incorrect=-1`); the embedded arithmetic task uses it with 1 / 0.
+
+Every entry of REWARDS is a factory: called with the config's `kwargs`, it returns a reward
+function `(prompts, completions, **columns) -> list[float | None]`, where `columns` holds every
+data column as a list aligned with the completions. None means "no opinion": that completion
+is left out of its group's statistics and gets advantage 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+RewardFn = Callable[..., list]
+
+_ANSWER_LINE = re.compile(r"Answer:\s*\$?\s*(-?[\d,]*\.?\d+)")
+
+
+def parse_number(text) -> float | None:
+    """A reference or extracted answer as a float: '1,234' -> 1234.0; None when not a number."""
+    if text is None:
+        return None
+    try:
+        value = float(str(text).strip().replace(",", "").rstrip("."))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def extract_final_answer(completion: str) -> float | None:
+    """The number on the last `Answer:` line, or None when there is none."""
+    matches = _ANSWER_LINE.findall(completion)
+    return parse_number(matches[-1]) if matches else None
+
+
+def same_number(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def final_answer(correct: float = 1.0, incorrect: float = 0.0, answer_key: str = "answer") -> RewardFn:
+    """`correct` when the last `Answer:` number equals the reference column, else `incorrect`."""
+
+    def reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
+        if answer_key not in columns:
+            raise KeyError(f"reward final_answer needs the data column {answer_key!r}; set reward kwargs answer_key")
+        references = columns[answer_key]
+        return [
+            correct if same_number(extract_final_answer(c), parse_number(r)) else incorrect
+            for c, r in zip(completions, references)
+        ]
+
+    return reward
+
+
+REWARDS: dict[str, Callable[..., RewardFn]] = {
+    "final_answer": final_answer,
+}

@@ -1,0 +1,117 @@
+"""Building a run from a validated config: device, tokenizer, prompts, rewards, models, folder.
+
+Every failure a user can cause here (missing model, unreadable data, a run folder that holds
+another run) is raised as UserError with the fix in the message, before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from grpo_cli.config import UserError
+from grpo_cli.data import load_prompts
+from grpo_cli.rewards import RewardSet
+from grpo_cli.sampler import SAMPLERS, SamplingParams
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but torch sees no CUDA GPU; use device=cpu or device=auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    if os.path.isabs(path) and not os.path.isdir(path):
+        raise UserError(f"model path {path} does not exist; set model.name_or_path to a folder or hub id")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizer of {path!r}: {str(error).splitlines()[0]}") from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def sampling_params(cfg) -> tuple[SamplingParams, SamplingParams]:
+    """(training, evaluation) sampling parameters."""
+    s, e = cfg.sampler, cfg.eval
+    train = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                           max_new_tokens=s.max_new_tokens)
+    evaluation = SamplingParams(n=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
+                                max_new_tokens=e.max_new_tokens or s.max_new_tokens)
+    return train, evaluation
+
+
+def make_sampler(cfg, weights_path: str, tokenizer, device: torch.device):
+    return SAMPLERS[cfg.sampler.name](
+        model_path=weights_path, tokenizer=tokenizer, device=device, dtype=DTYPES[cfg.model.dtype],
+        batch_size=cfg.sampler.batch_size, trust_remote_code=cfg.model.trust_remote_code, sampler_cfg=cfg.sampler)
+
+
+def load_eval_prompts(cfg, tokenizer):
+    if cfg.data.eval_path is None:
+        return None
+    return load_prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer, limit=cfg.eval.num_prompts)
+
+
+def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
+    """Create the run folder; refuse one that holds a different run unless resuming or overwriting."""
+    run_dir = Path(cfg.output_dir)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and cfg.resume is None and not cfg.overwrite and saved.read_text() != config_yaml:
+        raise UserError(f"{run_dir} holds another run's config; pass resume=auto to continue it, "
+                        f"overwrite=true to reuse the folder, or a new output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(config_yaml)
+    (run_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    return run_dir
+
+
+def build(cfg, policy_path: str):
+    """Tokenizer, prompts, rewards, learner and sampler for a training run."""
+    from grpo_cli.learner import Learner
+    from grpo_cli.loop import Run
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
+    train_prompts = load_prompts(cfg.data.path, cfg.data.split, cfg.data, tokenizer)
+    eval_prompts = load_eval_prompts(cfg, tokenizer)
+    rewards = RewardSet(cfg.reward)
+    sampler = make_sampler(cfg, policy_path, tokenizer, device)
+    optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+    learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path)
+    train_params, eval_params = sampling_params(cfg)
+    return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
+               rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
+               eval_params=eval_params)
+
+
+def run_evaluation(cfg, evaluate):
+    """`grpo eval`: the checkpoint (or the configured model) on the held-out prompts."""
+    from grpo_cli.checkpoint import is_checkpoint
+    from grpo_cli.loop import derived_seed
+
+    weights = cfg.eval.checkpoint or cfg.model.name_or_path
+    if cfg.eval.checkpoint and not is_checkpoint(weights):
+        raise UserError(f"checkpoint={weights} is not a checkpoint folder (needs config.json and *.safetensors); "
+                        f"pass a runs/<run>/checkpoints/step_<N> folder")
+    if cfg.data.eval_path is None:
+        raise UserError("no held-out data: set data.eval_path (or pick a data group that has one)")
+    device = pick_device(cfg.device)
+    tokenizer = load_tokenizer(weights, cfg.model.trust_remote_code)
+    prompts = load_eval_prompts(cfg, tokenizer)
+    sampler = make_sampler(cfg, weights, tokenizer, device)
+    _, params = sampling_params(cfg)
+    result = evaluate(sampler, prompts, RewardSet(cfg.reward), params, seed=derived_seed(cfg.seed, 0, 2))
+    return result, weights

@@ -1,0 +1,35 @@
+"""The sampler interface every engine implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from grpo_cli.types import PromptBatch, Rollouts
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """n completions per prompt; top_k = 0 and top_p = 1 switch those filters off."""
+
+    n: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+
+
+class Sampler(Protocol):
+    def generate(self, batch: PromptBatch, params: SamplingParams, seed: int) -> Rollouts:
+        """n completions for every prompt, reproducible for a given seed."""
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
+        """Replace the engine's weights in place with the learner's."""
+
+    def sleep(self) -> None:
+        """Release accelerator memory while the learner trains."""
+
+    def wake(self) -> None:
+        """Take the memory back before generating."""

@@ -1,0 +1,134 @@
+"""transformers sampler: batched ancestral sampling with the model's KV cache.
+
+We run our own decoding loop rather than `model.generate` so that the log-prob of every drawn
+token is recorded exactly as the learner will recompute it (fp32 log_softmax of logits / T over
+the full vocabulary, ALGORITHMS.md §0.2), the random stream is ours to seed (a resumed run draws
+the same completions), and positions follow the attention mask of left-padded prompts the same
+way in sampling and in training. With top-p < 1 or top-k > 0 the draw is from the truncated
+distribution while the recorded log-prob is the full one, as the learner's is; correct for it
+with TIS/MIS or keep both filters off for training.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from grpo_cli.sampler.base import SamplingParams
+from grpo_cli.types import PromptBatch, Rollouts
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ([B, P] ids, [B, P] mask), padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def filter_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus to -inf ([B, V] -> [B, V])."""
+    if top_k > 0 and top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) > top_p  # keeps the token crossing p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled
+
+
+class HFSampler:
+    """Holds its own copy of the policy weights; `load_weights` overwrites them in place."""
+
+    def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
+                 batch_size: int, trust_remote_code: bool = False, **_):
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_ids = set(_eos_ids(tokenizer, self.model))
+        self.tokenizer = tokenizer
+        self.version = 0
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
+        self.model.load_state_dict(named_tensors, strict=True)  # copies into the existing tensors
+        self.version = version
+
+    def sleep(self) -> None:
+        """Nothing to release: the hf engine allocates its cache per call."""
+
+    def wake(self) -> None:
+        """Nothing to take back."""
+
+    @torch.no_grad()
+    def generate(self, batch: PromptBatch, params: SamplingParams, seed: int) -> Rollouts:
+        rows = [ids for ids in batch.prompt_ids for _ in range(params.n)]
+        group_ids = torch.arange(len(batch)).repeat_interleave(params.n)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        chunks = [self._decode(rows[i:i + self.batch_size], params, generator)
+                  for i in range(0, len(rows), self.batch_size)]
+        return self._assemble(chunks, rows, group_ids)
+
+    def _decode(self, rows: list[list[int]], params: SamplingParams, generator: torch.Generator):
+        """Sample up to max_new_tokens per row: [b, c] tokens and log-probs, [b] lengths and finished."""
+        ids, mask = left_pad(rows, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        next_position = positions[:, -1:] + 1
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        lengths = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        tokens, logprobs = [], []
+        for _ in range(params.max_new_tokens):
+            scaled = out.logits[:, -1].float() / params.temperature
+            probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
+            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            drawn = torch.where(finished, torch.full_like(drawn, self.pad_id), drawn)
+            logprob = scaled.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
+            tokens.append(drawn)
+            logprobs.append(torch.where(finished, torch.zeros_like(logprob), logprob))
+            lengths += (~finished).long()
+            finished |= torch.isin(drawn, eos)
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            out = self.model(input_ids=drawn[:, None], attention_mask=mask, position_ids=next_position,
+                             past_key_values=cache, use_cache=True)
+            next_position = next_position + 1
+        return torch.stack(tokens, 1).cpu(), torch.stack(logprobs, 1).cpu(), lengths.cpu(), finished.cpu()
+
+    def _assemble(self, chunks, rows, group_ids) -> Rollouts:
+        width = max(c[0].shape[1] for c in chunks)
+        pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
+        completion_ids = torch.cat([pad(c[0], self.pad_id) for c in chunks])
+        lengths = torch.cat([c[2] for c in chunks])
+        completion_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        prompt_ids, prompt_mask = left_pad(rows, self.pad_id)
+        texts = self.tokenizer.batch_decode(
+            [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist())], skip_special_tokens=True)
+        return Rollouts(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            completion_mask=completion_mask, sampler_logprobs=torch.cat([pad(c[1], 0.0) for c in chunks]),
+            truncated=~torch.cat([c[3] for c in chunks]), group_ids=group_ids, completions=texts,
+            policy_version=self.version,
+        )
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the tokenizer and the model's generation config define no EOS token")
+    return sorted(set(ids))

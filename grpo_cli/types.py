@@ -1,0 +1,167 @@
+"""Typed hand-offs between the stages of one training step (see DESIGN.md, "Typed hand-offs").
+
+Shapes use N for completions in the batch (prompts x group size), P for the left-padded
+prompt width and C for the right-padded completion width. Every per-token tensor of a
+completion is [N, C] and aligned with `completion_ids`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class PromptBatch:
+    """Prompts for one generation round.
+
+    prompt_ids: list of B token-id lists (unpadded, as the tokenizer produced them).
+    prompts: list of B prompt strings (rendered, for reward functions that want the text).
+    examples: list of B raw data rows (answer and any other columns).
+    """
+
+    prompt_ids: list[list[int]]
+    prompts: list[str]
+    examples: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class Rollouts:
+    """What the sampler produced: n completions for each of B prompts, N = B * n.
+
+    prompt_ids:       [N, P] left-padded with the pad id.
+    prompt_mask:      [N, P] 1 on real prompt tokens.
+    completion_ids:   [N, C] right-padded; includes the EOS token when one was generated.
+    completion_mask:  [N, C] 1 on generated tokens up to and including the first EOS.
+    sampler_logprobs: [N, C] log-probs the sampler reported for the tokens it drew, at the
+                      sampling temperature over the full vocabulary (0 on padding).
+    truncated:        [N] bool, True when the completion hit the length limit (no EOS).
+    group_ids:        [N] long, index of the prompt within the batch (0..B-1).
+    completions:      N decoded completion strings (special tokens stripped).
+    policy_version:   the learner step whose weights generated these.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    sampler_logprobs: torch.Tensor
+    truncated: torch.Tensor
+    group_ids: torch.Tensor
+    completions: list[str]
+    policy_version: int = 0
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        """[N] number of loss-bearing tokens |o_i| (ALGORITHMS.md §0.1)."""
+        return self.completion_mask.sum(-1)
+
+
+@dataclass
+class Scores:
+    """Rewards for N completions.
+
+    total:      [N] float, the weighted sum of the reward functions; NaN where a function
+                had no opinion (None) so the advantage stage can exclude it.
+    components: name -> [N] float, each reward function's own (unweighted) values.
+    correct:    [N] bool, task correctness where the reward defines it (for accuracy).
+    """
+
+    total: torch.Tensor
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    correct: torch.Tensor | None = None
+
+
+@dataclass
+class TrainBatch:
+    """Everything the learner needs for the update, N sequences.
+
+    input_ids:        [N, P + C] prompt (left-padded) followed by completion (right-padded).
+    attention_mask:   [N, P + C]
+    loss_mask:        [N, C] float, 1 on loss-bearing completion tokens.
+    advantages:       [N, C] per-token advantages, already multiplied by loss_mask.
+    sampler_logprobs: [N, C]
+    old_logprobs:     [N, C] or None when mu = 1 with one mini-batch (ratio is then 1).
+    ref_logprobs:     [N, C] or None when no reference model is needed.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    advantages: torch.Tensor
+    sampler_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def completion_width(self) -> int:
+        return self.loss_mask.shape[1]
+
+    def select(self, index: torch.Tensor) -> "TrainBatch":
+        """Rows `index` of every tensor (mini- and micro-batching)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return TrainBatch(
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            loss_mask=self.loss_mask[index],
+            advantages=self.advantages[index],
+            sampler_logprobs=self.sampler_logprobs[index],
+            old_logprobs=pick(self.old_logprobs),
+            ref_logprobs=pick(self.ref_logprobs),
+        )
+
+
+@dataclass
+class LossInputs:
+    """Per-token inputs of the policy loss for one micro-batch of b sequences.
+
+    logprobs:         [b, C] current policy, carries the gradient.
+    old_logprobs:     [b, C] behaviour policy as recomputed by the learner, no gradient.
+    ref_logprobs:     [b, C] frozen reference or None.
+    sampler_logprobs: [b, C] what the sampler reported, no gradient.
+    advantages:       [b, C]
+    loss_mask:        [b, C] float.
+    """
+
+    logprobs: torch.Tensor
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    sampler_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+@dataclass
+class BatchNorm:
+    """Normalisers of the optimizer-step mini-batch, counted before micro-batching so that
+    summing micro-batch losses gives exactly the full mini-batch loss (ALGORITHMS.md §0.4).
+
+    num_sequences: sequences with at least one loss-bearing token (empty ones are excluded).
+    num_tokens:    loss-bearing tokens in the mini-batch.
+    length_norm:   the constant L_norm of `seq_mean_token_sum_norm` (the generation budget).
+    """
+
+    num_sequences: int
+    num_tokens: int
+    length_norm: float
+
+
+@dataclass
+class LossOutput:
+    """The micro-batch's share of the mini-batch loss, and its metrics.
+
+    loss:    scalar tensor with gradient; micro-batch losses add up to the mini-batch loss.
+    metrics: flat name -> float, each already divided by the mini-batch normaliser so that it
+             adds up across micro-batches the same way.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,97 @@
+"""ALGORITHMS.md §8.1 and §8.9 vectors, and loop-vs-vectorised equivalence of the estimators."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
+from grpo_cli.config import AlgorithmConfig
+
+R = [0.8, 0.6, 0.2, 0.9]
+
+
+def advantages(name, rewards, group_ids=None, **overrides):
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    group_ids = torch.zeros(len(rewards), dtype=torch.long) if group_ids is None else torch.as_tensor(group_ids)
+    cfg = AlgorithmConfig(**overrides)
+    out = ADVANTAGES[name](AdvantageInputs(rewards, group_ids, torch.ones(len(rewards), 3)), cfg)
+    assert torch.equal(out[:, 0], out[:, 2]), "an outcome advantage is the same on every token"
+    return out[:, 0]
+
+
+@pytest.mark.parametrize("ddof, eps, expected", [
+    (0, 0.0, [0.6527534, -0.0932505, -1.5852582, 1.0257553]),
+    (1, 0.0, [0.5653010, -0.0807573, -1.3728739, 0.8883301]),
+    (1, 1e-6, [0.5652992, -0.0807570, -1.3728694, 0.8883273]),
+    (1, 1e-4, [0.5651185, -0.0807312, -1.3724305, 0.8880433]),
+])
+def test_grpo_vector_8_1(ddof, eps, expected):
+    got = advantages("grpo", R, std_ddof=ddof, adv_eps=eps)
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dr_grpo_vector_8_1():
+    assert advantages("dr_grpo", R).tolist() == pytest.approx([0.175, -0.025, -0.425, 0.275], abs=1e-7)
+
+
+def test_rloo_vector_8_1():
+    got = advantages("rloo", R)
+    assert got.tolist() == pytest.approx([0.2333333, -0.0333333, -0.5666667, 0.3666667], abs=1e-6)
+
+
+def test_zero_variance_guard_8_9():
+    rewards = torch.full((16,), 0.7, dtype=torch.float32)
+    for name in ADVANTAGES:
+        assert torch.count_nonzero(advantages(name, rewards, adv_eps=1e-6)) == 0, name
+    # Values a hair apart (below the relative tolerance) count as no spread too.
+    nudged = rewards.clone()
+    nudged[3] += 1.2e-7
+    assert torch.count_nonzero(advantages("grpo", nudged, adv_eps=1e-6)) == 0
+
+
+def test_nan_reward_is_left_out_and_gets_zero():
+    got = advantages("grpo", [0.8, math.nan, 0.6, 0.2, 0.9], std_ddof=1, adv_eps=0.0)
+    assert got[1] == 0.0
+    assert got[[0, 2, 3, 4]].tolist() == pytest.approx([0.5653010, -0.0807573, -1.3728739, 0.8883301], abs=1e-6)
+
+
+def test_padding_tokens_carry_zero():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.float32)
+    out = ADVANTAGES["grpo"](AdvantageInputs(torch.tensor([1.0, 0.0]), torch.zeros(2, dtype=torch.long), mask),
+                             AlgorithmConfig())
+    assert torch.equal(out == 0, mask == 0)
+
+
+def _loop_reference(name, rewards, groups, ddof, eps):
+    """The plain per-group loop the vectorised code must equal."""
+    out = []
+    for r, g in zip(rewards, groups):
+        members = [x for x, h in zip(rewards, groups) if h == g and not math.isnan(x)]
+        if math.isnan(r) or len(members) < 2 or max(members) - min(members) <= 1e-6 * max(1, abs(sum(members) / len(members))):
+            out.append(0.0)
+            continue
+        mean = sum(members) / len(members)
+        std = math.sqrt(sum((x - mean) ** 2 for x in members) / (len(members) - ddof))
+        if name == "grpo":
+            out.append((r - mean) / (std + eps))
+        elif name == "dr_grpo":
+            out.append(r - mean)
+        else:
+            out.append(r - (sum(members) - r) / (len(members) - 1))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_vectorised_equals_loop(name, ddof):
+    rng = random.Random(7)
+    groups = [g for g in range(12) for _ in range(rng.choice([2, 4, 8]))]
+    rewards = []
+    for g in groups:
+        kind = g % 4  # binary, continuous, constant, with a missing reward
+        value = float(rng.random() < 0.5) if kind == 0 else 0.3 if kind == 2 else rng.uniform(-1, 1)
+        rewards.append(math.nan if kind == 3 and rng.random() < 0.3 else value)
+    got = advantages(name, rewards, groups, std_ddof=ddof, adv_eps=1e-6)
+    assert got.tolist() == pytest.approx(_loop_reference(name, rewards, groups, ddof, 1e-6), abs=1e-5)
