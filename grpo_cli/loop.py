@@ -143,8 +143,9 @@ def is_due(every: int, step: int) -> bool:
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
     from grpo_cli.metrics import MetricsFile, ProgressBar
-    from grpo_cli.runtime import build, prepare_run_dir
+    from grpo_cli.runtime import build, preflight, prepare_run_dir
 
+    preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
     run_dir = prepare_run_dir(cfg, config_yaml, overrides)
     run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)

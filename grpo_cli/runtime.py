@@ -15,7 +15,7 @@ import yaml
 from grpo_cli.config import UserError
 from grpo_cli.data import load_prompts
 from grpo_cli.rewards import RewardSet
-from grpo_cli.sampler import SAMPLERS, SamplingParams
+from grpo_cli.sampler import SamplingParams, engine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,7 +53,7 @@ def sampling_params(cfg) -> tuple[SamplingParams, SamplingParams]:
 
 
 def make_sampler(cfg, weights_path: str, tokenizer, device: torch.device):
-    return SAMPLERS[cfg.sampler.name](
+    return engine(cfg.sampler.name)(
         model_path=weights_path, tokenizer=tokenizer, device=device, dtype=DTYPES[cfg.model.dtype],
         batch_size=cfg.sampler.batch_size, trust_remote_code=cfg.model.trust_remote_code, sampler_cfg=cfg.sampler)
 
@@ -62,6 +62,12 @@ def load_eval_prompts(cfg, tokenizer):
     if cfg.data.eval_path is None:
         return None
     return load_prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer, limit=cfg.eval.num_prompts)
+
+
+def preflight(cfg) -> None:
+    """What can fail in a second must fail before a folder is made or a model loads."""
+    engine(cfg.sampler.name).check_available()
+    pick_device(cfg.device)
 
 
 def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
@@ -108,6 +114,7 @@ def run_evaluation(cfg, evaluate):
                         f"pass a runs/<run>/checkpoints/step_<N> folder")
     if cfg.data.eval_path is None:
         raise UserError("no held-out data: set data.eval_path (or pick a data group that has one)")
+    preflight(cfg)
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(weights, cfg.model.trust_remote_code)
     prompts = load_eval_prompts(cfg, tokenizer)

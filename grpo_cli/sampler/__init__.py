@@ -1,29 +1,27 @@
 """Samplers: one interface (`generate`, `load_weights`, `sleep`, `wake`), two engines.
 
 `hf` runs the transformers model with a KV cache (CPU or GPU); `vllm` is the GPU engine.
-Only sampler/vllm.py may import vLLM, and only when it is selected.
+Only sampler/vllm.py may import vLLM, and only when it is selected. Every engine class has a
+`check_available()` classmethod that fails fast, before any model loads, when the machine
+cannot run it.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from grpo_cli.sampler.base import Sampler, SamplingParams
 
-
-def _hf(**kwargs) -> Sampler:
-    from grpo_cli.sampler.hf import HFSampler
-
-    return HFSampler(**kwargs)
-
-
-def _vllm(**kwargs) -> Sampler:
-    from grpo_cli.sampler.vllm import VLLMSampler
-
-    return VLLMSampler(**kwargs)
-
-
 SAMPLERS = {
-    "hf": _hf,
-    "vllm": _vllm,
+    "hf": "grpo_cli.sampler.hf:HFSampler",
+    "vllm": "grpo_cli.sampler.vllm:VLLMSampler",
 }
 
-__all__ = ["SAMPLERS", "Sampler", "SamplingParams"]
+
+def engine(name: str) -> type:
+    """The sampler class registered under `name`, imported on first use."""
+    module, _, cls = SAMPLERS[name].partition(":")
+    return getattr(import_module(module), cls)
+
+
+__all__ = ["SAMPLERS", "Sampler", "SamplingParams", "engine"]

@@ -46,6 +46,10 @@ def filter_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 class HFSampler:
     """Holds its own copy of the policy weights; `load_weights` overwrites them in place."""
 
+    @classmethod
+    def check_available(cls) -> None:
+        """transformers runs wherever torch does."""
+
     def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
                  batch_size: int, trust_remote_code: bool = False, **_):
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -7,7 +7,8 @@ from grpo_cli.config import UserError
 
 
 class VLLMSampler:
-    def __init__(self, **kwargs):
+    @classmethod
+    def check_available(cls) -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -16,3 +17,6 @@ class VLLMSampler:
                 "this machine has no GPU: use sampler=hf to generate with transformers on the CPU"
             )
         raise UserError("sampler=vllm is not available in this version yet; use sampler=hf")
+
+    def __init__(self, **kwargs):
+        self.check_available()

@@ -1,0 +1,84 @@
+"""Every file in conf/ and recipes/ composes and validates; bad keys and values fail early."""
+
+from pathlib import Path
+
+import pytest
+
+from grpo_cli.compose import available_recipes, compose, config_dir, to_object
+from grpo_cli.config import ConfigError, validate
+
+GROUPS = ["algorithm", "model", "reward", "sampler", "data", "trainer"]
+
+
+def options(group):
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def composed(*overrides):
+    return validate(to_object(compose(list(overrides))))
+
+
+def test_default_is_the_embedded_recipe():
+    default = composed("output_dir=x")
+    embedded = composed("+recipe=embedded", "output_dir=x")
+    default.recipe = embedded.recipe
+    assert default == embedded
+    assert default.model.name_or_path.endswith("tiny-arith")
+    assert Path(default.data.path).is_file()
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes_and_validates(group):
+    for name in options(group):
+        cfg = composed(f"{group}={name}")
+        assert cfg is not None, f"{group}={name}"
+
+
+@pytest.mark.parametrize("recipe", sorted(available_recipes()))
+def test_every_recipe_composes_and_validates(recipe):
+    cfg = composed(f"+recipe={recipe}")
+    assert cfg.recipe == recipe
+
+
+def test_dapo_math_recipe_values():
+    cfg = composed("+recipe=dapo_math", "sampler.n=16")
+    assert (cfg.algorithm.clip_eps_low, cfg.algorithm.clip_eps_high) == (0.2, 0.28)
+    assert cfg.algorithm.aggregation == "token_mean" and cfg.algorithm.kl_coef == 0.0
+    assert cfg.sampler.name == "vllm" and cfg.sampler.max_new_tokens == 20480
+
+
+def test_user_recipe_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /algorithm: grpo\n"
+                                        "recipe: mine\ntrainer:\n  steps: 7\n")
+    monkeypatch.setenv("GRPO_RECIPE_PATH", str(tmp_path))
+    assert composed("+recipe=mine").trainer.steps == 7
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("trainer.stepz=3", "stepz"),
+    ("+trainer.stepz=3", "stepz"),
+    ("trainer.steps=abc", "trainer.steps"),
+    ("algorithm=nope", "available: grpo"),
+    ("+recipe=nope", "available: dapo_math, embedded"),
+    ("sampler.n=1", "sampler.n=1"),
+    ("trainer.lr=-1", "trainer.lr"),
+    ("algorithm.clip_eps_low=1.5", "clip_eps_low"),
+    ("algorithm.advantage=foo", "valid: dr_grpo, grpo, rloo"),
+    ("sampler.name=sglang", "valid: hf, vllm"),
+    ("reward.functions=[{name:nope}]", "reward.functions[0].name"),
+    ("algorithm.mini_batches=3", "mini_batches"),
+])
+def test_bad_config_names_the_key(override, fragment):
+    with pytest.raises(ConfigError) as error:
+        composed(override)
+    message = str(error.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_relative_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rows.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    cfg = composed("output_dir=runs/a", "data.path=rows.jsonl")
+    assert cfg.output_dir == str(tmp_path / "runs" / "a")
+    assert cfg.data.path == str(tmp_path / "rows.jsonl")

@@ -1,0 +1,61 @@
+"""The learner on the tiny model: accumulated micro-batch gradients equal the full-batch
+gradient for every aggregation mode, with ratios away from 1 so that clipping is active."""
+
+import pytest
+import torch
+
+from grpo_cli.learner import Learner
+from grpo_cli.sampler import SamplingParams, engine
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def rollouts(tokenizer, eval_prompts):
+    sampler = engine("hf")(model_path=TINY, tokenizer=tokenizer, device=torch.device("cpu"),
+                           dtype=torch.float32, batch_size=64)
+    return sampler.generate(eval_prompts.take(list(range(5))), SamplingParams(4, 1.0, 1.0, 0, 40), seed=4)
+
+
+def gradient(learner, batch):
+    learner.optimizer.zero_grad(set_to_none=True)
+    metrics = learner.accumulate_gradients(batch)
+    grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
+    return grads, metrics
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts, aggregation):
+    cfg = make_cfg(f"algorithm.aggregation={aggregation}", "algorithm.epochs=2", "algorithm.kl_coef=0.04")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    generator = torch.Generator().manual_seed(0)
+    noise = 0.3 * torch.randn(batch.old_logprobs.shape, generator=generator)
+    batch.old_logprobs = (batch.old_logprobs + noise) * batch.loss_mask  # ratios away from 1: some clip
+    batch.advantages = torch.randn(len(batch), 1, generator=generator) * batch.loss_mask
+    learner.cfg.trainer.micro_batch_size = len(batch)
+    full, full_metrics = gradient(learner, batch)
+    learner.cfg.trainer.micro_batch_size = 3
+    micro, micro_metrics = gradient(learner, batch)
+    assert full_metrics["clip/fraction"] > 0.05
+    assert torch.allclose(full, micro, rtol=1e-4, atol=1e-6)
+    assert micro_metrics["loss/total"] == pytest.approx(full_metrics["loss/total"], rel=1e-5, abs=1e-7)
+
+
+def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
+    cfg = make_cfg("algorithm.kl_coef=0.0")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    assert batch.old_logprobs is None and batch.ref_logprobs is None and learner.reference is None
+    batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
+    _, metrics = gradient(learner, batch)
+    assert metrics["ratio/mean"] == pytest.approx(1.0) and metrics["clip/fraction"] == 0.0
+
+
+def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
+    cfg = make_cfg("algorithm.kl_coef=0.0")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    metrics = learner.update(batch, seed=0)
+    assert metrics["grad_norm"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
