@@ -106,22 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    """Our progress bar is the one the user watches; silence the libraries' own."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 def _run(command: str, overrides: list[str], flags: dict) -> int:
     from grpo_cli.compose import compose, to_object, to_yaml
     from grpo_cli.config import validate
+    from grpo_cli.runtime import quiet_libraries
 
     if command == "eval":
         overrides = _eval_overrides(overrides)
@@ -130,7 +118,7 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
         print(to_yaml(node, resolve=flags["resolve"]), end="")
         return 0
     cfg = validate(to_object(node))
-    _quiet_libraries()
+    quiet_libraries()
     return COMMANDS[command](cfg, to_yaml(cfg, resolve=True), overrides)
 
 

@@ -73,6 +73,9 @@ def _explain(message: str, overrides: list[str]) -> str:
     """Turn Hydra's wording into the fix a user needs."""
     if re.fullmatch(r"Could not override '[^']+'\.", message):
         return message.replace("Could not override", "unknown config key") + " see `grpo train --cfg job`"
+    if "no viable alternative" in message or "mismatched input" in message:
+        return (message.replace(" None", "") + "; quote a value that holds braces, brackets or spaces, "
+                "e.g. data.template='Q: {question}'")
     missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
     if missing:
         group, name = missing.groups()

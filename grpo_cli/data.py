@@ -1,7 +1,8 @@
 """Prompt data sets: local files or hub ids, a prompt template, the chat template.
 
-A local path (.jsonl, .json, .parquet, .csv) is read with `datasets`' file builders; anything
-else is taken as a hub id for `datasets.load_dataset`. Each row's user message is the
+A local .jsonl file is read line by line (so errors name the line); .json, .parquet and .csv
+go through `datasets`' file builders; anything else is taken as a hub id for
+`datasets.load_dataset`. Each row's user message is the
 `template` with `{column}` fields filled from the row; with `chat_template` it is wrapped in
 the tokenizer's chat template (and the optional system prompt). Prompts longer than
 `max_prompt_tokens` are dropped and counted. The order of prompts for step s is a function of
@@ -10,6 +11,7 @@ the tokenizer's chat template (and the optional system prompt). Prompts longer t
 
 from __future__ import annotations
 
+import json
 import os
 import string
 from dataclasses import dataclass
@@ -22,24 +24,42 @@ from grpo_cli.types import PromptBatch
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """JSON lines read directly, so a malformed line is reported by its number."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}: line {number} is not valid JSON ({error.msg}); fix or remove it") from error
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
 def load_rows(path: str, split: str) -> list[dict]:
     """Every row of a local file or a hub data set split, as dicts."""
     import datasets
 
     extension = os.path.splitext(path)[1].lower()
-    if extension in FILE_BUILDERS:
-        if not os.path.isfile(path):
-            raise UserError(f"data file {path} does not exist; check data.path / data.eval_path")
+    if extension in FILE_BUILDERS and not os.path.isfile(path):
+        raise UserError(f"data file {path} does not exist; check data.path / data.eval_path")
+    if extension == ".jsonl":
+        rows = read_jsonl(path)
+    elif extension in FILE_BUILDERS:
         try:
-            table = datasets.load_dataset(FILE_BUILDERS[extension], data_files={"rows": path}, split="rows")
+            rows = datasets.load_dataset(FILE_BUILDERS[extension], data_files={"rows": path}, split="rows").to_list()
         except Exception as error:  # datasets wraps parser errors in several types
             raise UserError(f"cannot read data file {path}: {str(error).splitlines()[0]}") from error
     else:
         try:
-            table = datasets.load_dataset(path, split=split)
+            rows = datasets.load_dataset(path, split=split).to_list()
         except Exception as error:  # hub, network and builder errors
             raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]}") from error
-    rows = table.to_list()
     if not rows:
         raise UserError(f"data {path} has no rows")
     return rows
@@ -93,7 +113,7 @@ def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> 
     rows = load_rows(path, split)
     needed = set(template_fields(data_cfg.template)) | {data_cfg.answer_key}
     for line, row in enumerate(rows, start=1):
-        missing = sorted(needed - set(row))
+        missing = sorted(key for key in needed if row.get(key) is None)
         if missing:
             raise UserError(f"{path}: row {line} has no column {missing[0]!r} (columns: {', '.join(row)}); "
                             f"fix data.template / data.answer_key or the file")

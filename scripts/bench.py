@@ -23,7 +23,7 @@ import torch
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import validate
 from grpo_cli.loop import train_step
-from grpo_cli.runtime import build
+from grpo_cli.runtime import build, quiet_libraries
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")
 
@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as folder:
         cfg = validate(to_object(compose([f"output_dir={folder}", *args.overrides])))
         run = build(cfg, cfg.model.name_or_path)

@@ -39,10 +39,13 @@ def test_unknown_template_column(make_cfg, tokenizer, tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"question": "1+1", "answer": "2"}\n')
     with pytest.raises(UserError, match="no column 'problem'"):
-        load_prompts(str(path), "train", make_cfg("data.template={problem}").data, tokenizer)
+        load_prompts(str(path), "train", make_cfg("data.template='{problem}'").data, tokenizer)
 
 
-@pytest.mark.parametrize("content, message", [("", "no rows|cannot read"), ('{"question": "1+1", "answer"\n', "cannot read")])
+@pytest.mark.parametrize("content, message", [
+    ("", "has no rows"),
+    ('{"question": "1+1", "answer": "2"}\n{"question": "1+1", "answer"\n', "line 2 is not valid JSON"),
+])
 def test_empty_or_malformed_file(make_cfg, tokenizer, tmp_path, content, message):
     path = tmp_path / "rows.jsonl"
     path.write_text(content)
