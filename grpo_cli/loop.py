@@ -136,30 +136,37 @@ def save_checkpoint(run: Run, step: int, base_eval: EvalResult | None):
                            keep_last=run.cfg.trainer.keep_last)
 
 
+def restore(run: Run, resume_from) -> tuple[int, EvalResult | None]:
+    """Optimizer, scheduler and RNG from a checkpoint (the weights were loaded from it)."""
+    state = checkpoint.load_state(resume_from)
+    run.learner.load_state_dict(state["learner"])
+    checkpoint.restore_rng(state["rng"])
+    base_eval = EvalResult(**state["base_eval"]) if state.get("base_eval") else None
+    return state["step"], base_eval
+
+
 def is_due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
-    from grpo_cli.metrics import MetricsFile, ProgressBar
+    from grpo_cli.metrics import MetricsFile, ProgressBar, console
     from grpo_cli.runtime import build, preflight, prepare_run_dir
 
     preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
     run_dir = prepare_run_dir(cfg, config_yaml, overrides)
     run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)
-    start, base_eval = 0, None
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        run.learner.load_state_dict(state["learner"])
-        checkpoint.restore_rng(state["rng"])
-        start = state["step"]
-        base_eval = EvalResult(**state["base_eval"]) if state.get("base_eval") else None
+    start, base_eval = restore(run, resume_from) if resume_from else (0, None)
     metrics = MetricsFile(run_dir / "metrics.jsonl", keep_through=start if resume_from else -1)
     if resume_from is None:
+        if run.eval_prompts is not None:
+            console.print(f"evaluating the base model: {len(run.eval_prompts)} held-out prompts x {cfg.eval.k} samples")
         base_eval = run_eval(run, 0)
         metrics.write({"step": 0, **eval_record(base_eval)})
+    else:
+        console.print(f"resuming from {resume_from}: step {start} of {cfg.trainer.steps}")
     final_eval, saved = base_eval, resume_from
     with ProgressBar(total=cfg.trainer.steps, start=start) as bar:
         for step in range(start + 1, cfg.trainer.steps + 1):
