@@ -147,10 +147,10 @@ def eval_command(cfg, config_yaml: str, overrides: list[str]) -> int:
     from grpo_cli.metrics import console, results_table
     from grpo_cli.runtime import run_evaluation
 
-    result, label = run_evaluation(cfg, evaluate)
-    console.print(results_table(f"eval: {label}", {label: _headline(result.to_dict())}))
+    result, weights = run_evaluation(cfg, evaluate)
+    console.print(results_table(f"eval: {weights}\non {cfg.data.eval_path}", {Path(weights).name: _headline(result.to_dict())}))
     if cfg.eval.output:
-        record = {**result.to_dict(), "model": label, "data": cfg.data.eval_path}
+        record = {**result.to_dict(), "model": weights, "data": cfg.data.eval_path}
         Path(cfg.eval.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.eval.output).write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {cfg.eval.output}")
