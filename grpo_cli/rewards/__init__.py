@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 
@@ -18,6 +19,12 @@ class RewardSet:
     def __init__(self, reward_cfg):
         self.specs = list(reward_cfg.functions)
         self.functions = [REWARDS[spec.name](**dict(spec.kwargs)) for spec in self.specs]
+        # The same function twice (different kwargs) is logged as name, name_2, ...
+        seen: Counter[str] = Counter()
+        self.names = []
+        for spec in self.specs:
+            seen[spec.name] += 1
+            self.names.append(spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}")
         self.correct_above = reward_cfg.correct_above
 
     def score(self, batch: PromptBatch, rollouts: Rollouts) -> Scores:
@@ -28,13 +35,13 @@ class RewardSet:
         components: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(index), dtype=torch.float64)
         opinions = torch.zeros(len(index), dtype=torch.bool)
-        for spec, fn in zip(self.specs, self.functions):
+        for name, spec, fn in zip(self.names, self.specs, self.functions):
             values = fn(prompts, rollouts.completions, **columns)
             column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
-            components[spec.name] = column.float()
+            components[name] = column.float()
             known = ~torch.isnan(column)
             total += torch.where(known, spec.weight * column, torch.zeros_like(column))
             opinions |= known
         total = torch.where(opinions, total, torch.full_like(total, math.nan)).float()
-        first = components[self.specs[0].name]
+        first = components[self.names[0]]
         return Scores(total=total, components=components, correct=first > self.correct_above)

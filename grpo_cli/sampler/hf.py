@@ -129,8 +129,8 @@ class HFSampler:
 
 
 def _eos_ids(tokenizer, model) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
-    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    ids = list(configured) if isinstance(configured, list) else [configured] if configured is not None else []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     if not ids:
