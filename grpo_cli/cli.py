@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, overrides: list[str], flags: dict) -> int:
     from grpo_cli.compose import compose, to_object, to_yaml
     from grpo_cli.config import validate
-    from grpo_cli.runtime import quiet_libraries
 
     if command == "eval":
         overrides = _eval_overrides(overrides)
@@ -118,6 +117,8 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
         print(to_yaml(node, resolve=flags["resolve"]), end="")
         return 0
     cfg = validate(to_object(node))
+    from grpo_cli.runtime import quiet_libraries  # imports torch: after the instant paths
+
     quiet_libraries()
     return COMMANDS[command](cfg, to_yaml(cfg, resolve=True), overrides)
 
