@@ -113,3 +113,40 @@ def test_grpo_loss_adds_beta_k3_aggregated_like_the_policy_term():
     expected = 0.04 * ((0.1065307 + 0.7182818) / 2 + 0.0) / 2
     assert out.loss.item() == pytest.approx(expected, abs=1e-7)
     assert out.metrics["kl"] == pytest.approx((0.1065307 + 0.7182818) / 4, abs=1e-6)
+
+
+def _random_case(seed, per_sequence_advantage=True):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(6, 9, generator=g) < 0.8).float()
+    mask[:, 0] = 1.0
+    old = -torch.rand(6, 9, generator=g) * 3 * mask
+    logprobs = (old + 0.003 * torch.randn(6, 9, generator=g)) * mask
+    adv = torch.randn(6, 1, generator=g).expand(6, 9) if per_sequence_advantage else torch.randn(6, 9, generator=g)
+    return inputs(logprobs.tolist(), old.tolist(), (adv * mask).tolist(), mask=mask.tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gspo_token_equals_gspo_for_sequence_advantages(seed):
+    results = {}
+    for ratio in ("sequence", "sequence_token"):
+        inp = _random_case(seed)
+        cfg = AlgorithmConfig(ratio=ratio, clip_eps_low=3e-4, clip_eps_high=4e-4)
+        out = compute_loss(inp, cfg, norm_of(inp.loss_mask))
+        out.loss.backward()
+        results[ratio] = (out.loss.item(), inp.logprobs.grad.clone(), out.metrics["clip/sequence_fraction"])
+    (loss_a, grad_a, clip_a), (loss_b, grad_b, clip_b) = results["sequence"], results["sequence_token"]
+    assert loss_a == pytest.approx(loss_b, abs=1e-7)
+    assert torch.allclose(grad_a, grad_b, atol=1e-7)
+    assert clip_a == clip_b and 0 < clip_a < 1  # some sequences clipped, some not
+
+
+def test_gspo_clipped_sequence_has_no_gradient_and_others_do():
+    inp = _random_case(3)
+    cfg = AlgorithmConfig(ratio="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4)
+    log_s = RATIOS["sequence"](inp)
+    terms = clipped_surrogate(log_s, inp, cfg)
+    AGGREGATIONS["seq_mean_token_mean"](terms.token_loss, inp.loss_mask, norm_of(inp.loss_mask)).backward()
+    clipped = (terms.clipped_low | terms.clipped_high).any(-1)
+    has_grad = (inp.logprobs.grad.abs() > 0).any(-1)
+    assert clipped.any() and (~clipped).any()
+    assert torch.equal(has_grad, ~clipped)

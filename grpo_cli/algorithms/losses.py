@@ -157,6 +157,9 @@ def compute_loss(inp: LossInputs, cfg, norm: BatchNorm) -> LossOutput:
     metrics["clip/low_fraction"] = per_token(terms.clipped_low)
     metrics["clip/high_fraction"] = per_token(terms.clipped_high)
     metrics["clip/fraction"] = metrics["clip/low_fraction"] + metrics["clip/high_fraction"]
+    # GSPO clips whole sequences; token and sequence fractions differ (ALGORITHMS.md §9.11).
+    any_clip = ((terms.clipped_low | terms.clipped_high).float() * mask).sum(-1) > 0
+    metrics["clip/sequence_fraction"] = any_clip.sum().item() / max(1, norm.num_sequences)
     metrics["ratio/mean"] = (terms.ratio * mask).sum().item() / max(1, norm.num_tokens)
     metrics["loss/total"] = loss.item()
     return LossOutput(loss=loss, metrics=metrics)
