@@ -88,7 +88,10 @@ class AlgorithmConfig:
     clip_eps_low: float = 0.2  # PPO default; the GRPO paper does not state ε
     clip_eps_high: float = 0.2
     dual_clip_c: Optional[float] = None
-    correction: str = "none"
+    correction: str = "none"  # none | tis | mis: sampler-learner mismatch (ALGORITHMS.md §7.4)
+    correction_level: str = "token"  # token | sequence (product of token weights)
+    correction_max: float = 2.0  # C: oat tis_c and verl's threshold are 2; TRL's MIS uses 3
+    correction_min: Optional[float] = None
     aggregation: str = "seq_mean_token_mean"
     length_norm: Optional[int] = None  # seq_mean_token_sum_norm constant; None = max_new_tokens
     kl_estimator: str = "k3"
@@ -179,6 +182,10 @@ def _validate_algorithm(a: AlgorithmConfig) -> None:
     _require_name(a.correction, alg.CORRECTIONS, "algorithm.correction")
     _require_name(a.aggregation, alg.AGGREGATIONS, "algorithm.aggregation")
     _require_name(a.kl_estimator, alg.KL_ESTIMATORS, "algorithm.kl_estimator")
+    _require(a.correction_level in ("token", "sequence"), f"algorithm.correction_level={a.correction_level!r}: use token or sequence")
+    _require(a.correction_max > 0, f"algorithm.correction_max={a.correction_max} must be > 0")
+    _require(a.correction_min is None or 0 <= a.correction_min < a.correction_max,
+             f"algorithm.correction_min={a.correction_min} must lie in [0, correction_max)")
     _require(a.kl_in in ("loss", "reward"), f"algorithm.kl_in={a.kl_in!r}: use loss or reward")
     _require(a.std_ddof in (0, 1), f"algorithm.std_ddof={a.std_ddof}: use 0 (population) or 1 (sample)")
     _require(a.adv_eps >= 0, f"algorithm.adv_eps={a.adv_eps} must be >= 0")

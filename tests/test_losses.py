@@ -150,3 +150,30 @@ def test_gspo_clipped_sequence_has_no_gradient_and_others_do():
     has_grad = (inp.logprobs.grad.abs() > 0).any(-1)
     assert clipped.any() and (~clipped).any()
     assert torch.equal(has_grad, ~clipped)
+
+
+@pytest.mark.parametrize("mode, level, expected", [
+    ("tis", "token", [math.exp(0.5), 2.0, math.exp(-0.2)]),
+    ("mis", "token", [math.exp(0.5), 0.0, math.exp(-0.2)]),
+    ("tis", "sequence", [2.0, 2.0, 2.0]),                      # exp(0.5 + 1.0 - 0.2) = 3.67 -> 2
+    ("mis", "sequence", [0.0, 0.0, 0.0]),
+])
+def test_mismatch_correction_vectors(mode, level, expected):
+    from grpo_cli.algorithms import CORRECTIONS
+
+    inp = inputs([[0.0, 0.0, 0.0]], [[-1.0, -1.0, -1.0]], [[1.0, 1.0, 1.0]])
+    inp.sampler_logprobs = torch.tensor([[-1.5, -2.0, -0.8]])
+    weight = CORRECTIONS[mode](inp, AlgorithmConfig(correction=mode, correction_level=level, correction_max=2.0))
+    assert weight[0].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_tis_lower_bound_and_weight_scales_the_loss():
+    from grpo_cli.algorithms import CORRECTIONS
+
+    inp = inputs([[0.0, 0.0]], [[0.0, 0.0]], [[1.0, 1.0]])
+    inp.sampler_logprobs = torch.tensor([[3.0, 0.0]])  # w = e^-3 and 1
+    cfg = AlgorithmConfig(correction="tis", correction_min=0.5, correction_max=2.0)
+    assert CORRECTIONS["tis"](inp, cfg)[0].tolist() == pytest.approx([0.5, 1.0])
+    out = compute_loss(inp, AlgorithmConfig(correction="tis", correction_min=0.5, kl_coef=0.0),
+                       norm_of(inp.loss_mask))
+    assert out.loss.item() == pytest.approx(-(0.5 + 1.0) / 2)

@@ -101,13 +101,39 @@ POLICY_LOSSES = {
 
 
 # ---- mismatch correction: (LossInputs, cfg) -> detached weight [b, C] ---------------------
+# The sampler's log-probs can differ from the learner's (another engine, kernels, precision);
+# the weight corrects for the samples having come from the sampler (ALGORITHMS.md §7.4).
+# Masked tokens still count in the token-mean normaliser (TRL).
 
 def no_correction(inp: LossInputs, cfg) -> torch.Tensor:
     return torch.ones_like(inp.loss_mask)
 
 
+def _mismatch_weight(inp: LossInputs, level: str) -> torch.Tensor:
+    """w = π_old / π_sampler per token, or per sequence as the product (a sum of logs)."""
+    log_w = (inp.old_logprobs - inp.sampler_logprobs).detach() * inp.loss_mask
+    if level == "sequence":
+        log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
+    return torch.exp(log_w.clamp(-TOKEN_LOG_RATIO_CLAMP, TOKEN_LOG_RATIO_CLAMP))
+
+
+def truncated_importance_sampling(inp: LossInputs, cfg) -> torch.Tensor:
+    """TIS: min(w, C), optionally max(., C_min) (oat `tis_c`, verl `rollout_is_threshold`)."""
+    weight = _mismatch_weight(inp, cfg.correction_level)
+    return weight.clamp(min=cfg.correction_min, max=cfg.correction_max)
+
+
+def masked_importance_sampling(inp: LossInputs, cfg) -> torch.Tensor:
+    """MIS: w where C_min <= w <= C_max, else 0 (TRL `sequence_mask`)."""
+    weight = _mismatch_weight(inp, cfg.correction_level)
+    low = cfg.correction_min if cfg.correction_min is not None else 0.0
+    return weight * ((weight >= low) & (weight <= cfg.correction_max))
+
+
 CORRECTIONS = {
     "none": no_correction,
+    "tis": truncated_importance_sampling,
+    "mis": masked_importance_sampling,
 }
 
 
