@@ -189,7 +189,10 @@ def _validate_algorithm(a: AlgorithmConfig) -> None:
     _require(a.kl_in in ("loss", "reward"), f"algorithm.kl_in={a.kl_in!r}: use loss or reward")
     _require(a.std_ddof in (0, 1), f"algorithm.std_ddof={a.std_ddof}: use 0 (population) or 1 (sample)")
     _require(a.adv_eps >= 0, f"algorithm.adv_eps={a.adv_eps} must be >= 0")
-    _require(0 < a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1)")
+    if a.policy_loss == "cispo":  # a bounded weight, not a trust region: ε_low = 1 means no lower bound
+        _require(0 < a.clip_eps_low <= 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1] for cispo")
+    else:
+        _require(0 < a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1)")
     _require(a.clip_eps_high > 0, f"algorithm.clip_eps_high={a.clip_eps_high} must be > 0")
     _require(a.dual_clip_c is None or a.dual_clip_c > 1, f"algorithm.dual_clip_c={a.dual_clip_c} must be > 1")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef} must be >= 0")

@@ -58,7 +58,7 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("trainer.stepz=3", "stepz"),
     ("+trainer.stepz=3", "stepz"),
     ("trainer.steps=abc", "trainer.steps"),
-    ("algorithm=nope", "available: dr_grpo, grpo, gspo, gspo_token"),
+    ("algorithm=nope", "available: cispo, dr_grpo, grpo, gspo, gspo_token"),
     ("+recipe=nope", "available: dapo_math, embedded"),
     ("sampler.n=1", "sampler.n=1"),
     ("trainer.lr=-1", "trainer.lr"),

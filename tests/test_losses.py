@@ -177,3 +177,16 @@ def test_tis_lower_bound_and_weight_scales_the_loss():
     out = compute_loss(inp, AlgorithmConfig(correction="tis", correction_min=0.5, kl_coef=0.0),
                        norm_of(inp.loss_mask))
     assert out.loss.item() == pytest.approx(-(0.5 + 1.0) / 2)
+
+
+def test_cispo_vector_8_4():
+    cfg = AlgorithmConfig(policy_loss="cispo", clip_eps_low=1.0, clip_eps_high=0.28)
+    inp = inputs([-0.7], [-1.2], [1.0])  # log-ratio 0.5: ρ = 1.6487213
+    from grpo_cli.algorithms.losses import cispo
+
+    terms = cispo(RATIOS["token"](inp), inp, cfg)
+    assert terms.ratio.item() == pytest.approx(1.6487213, abs=1e-6)
+    assert terms.token_loss.item() == pytest.approx(-1.28 * -0.7, abs=1e-6)  # -1.28 · ℓ
+    terms.token_loss.sum().backward()
+    assert inp.logprobs.grad.item() == pytest.approx(-1.28, abs=1e-6)  # non-zero: the token keeps its gradient
+    assert terms.clipped_high.item()

@@ -59,8 +59,9 @@ RATIOS = {
 
 @dataclass
 class PolicyTerms:
-    """token_loss [b, C]; clipped_low / clipped_high [b, C] bool where that clip removed the
-    gradient (A < 0 with ρ < 1-ε_low, A > 0 with ρ > 1+ε_high); ratio [b, C] detached."""
+    """token_loss [b, C]; clipped_low / clipped_high [b, C] bool where that bound was active
+    (for the clipped surrogate: where it removed the gradient, A < 0 with ρ < 1-ε_low or A > 0
+    with ρ > 1+ε_high; for CISPO: where it capped the weight); ratio [b, C] detached."""
 
     token_loss: torch.Tensor
     clipped_low: torch.Tensor
@@ -94,9 +95,24 @@ def policy_gradient(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerm
     return PolicyTerms(-ratio * inp.advantages, never, never, ratio.detach())
 
 
+def cispo(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): -sg(clip(ρ, 1-ε_low, 1+ε_high)) A ℓ.
+    The weight is detached and bounded, so every token keeps its gradient; ε_low = 1 removes
+    the lower bound as MiniMax does. The clip flags mark where the weight was capped."""
+    ratio = torch.exp(log_ratio).detach()
+    weight = ratio.clamp(1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high)
+    return PolicyTerms(
+        token_loss=-weight * inp.advantages * inp.logprobs,
+        clipped_low=ratio < 1.0 - cfg.clip_eps_low,
+        clipped_high=ratio > 1.0 + cfg.clip_eps_high,
+        ratio=ratio,
+    )
+
+
 POLICY_LOSSES = {
     "clip": clipped_surrogate,
     "pg": policy_gradient,
+    "cispo": cispo,
 }
 
 
