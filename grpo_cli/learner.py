@@ -32,6 +32,17 @@ def schedule_factor(step: int, warmup: int, total: int, kind: str) -> float:
     return 1.0
 
 
+def disable_dropout(model):
+    """Dropout off everywhere: ℓ, ℓ_old and the sampler's log-probs must come from one function
+    (TRL and verl do the same for RL)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
 def sequence_logprobs(model, batch: TrainBatch, temperature: float, with_entropy: bool = False):
     """Per-token log-probs of the completion tokens, [b, C] fp32 (and the entropy [b, C])."""
     width = batch.completion_width
@@ -57,10 +68,10 @@ class Learner:
         self.device = device
         load = lambda path: AutoModelForCausalLM.from_pretrained(  # noqa: E731
             path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code).to(device)
-        self.model = load(policy_path or cfg.model.name_or_path)
+        self.model = disable_dropout(load(policy_path or cfg.model.name_or_path))
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.model.train()
+        self.model.train()  # for gradient checkpointing; dropout is off
         self.reference = None
         if cfg.algorithm.kl_coef > 0:
             self.reference = load(cfg.model.name_or_path).eval().requires_grad_(False)
@@ -97,10 +108,8 @@ class Learner:
         a = self.cfg.algorithm
         kl_in_reward = a.kl_coef > 0 and a.kl_in == "reward"
         needs_old = a.epochs > 1 or a.mini_batches > 1 or kl_in_reward
-        self.model.eval()
         old = self._logprobs_of(self.model, batch) if needs_old else None
         ref = self._logprobs_of(self.reference, batch) if self.reference is not None else None
-        self.model.train()
         return replace(batch, old_logprobs=old, ref_logprobs=ref)
 
     def _to_device(self, batch: TrainBatch) -> TrainBatch:

@@ -59,3 +59,19 @@ def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
     metrics = learner.update(batch, seed=0)
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+
+
+def test_dropout_is_off_in_training_mode(make_cfg, rollouts, tmp_path):
+    """A model saved with dropout still gives ratio 1 against its own old log-probs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(TINY, attention_dropout=0.5)
+    model.save_pretrained(tmp_path / "dropout")
+    AutoTokenizer.from_pretrained(TINY).save_pretrained(tmp_path / "dropout")
+    cfg = make_cfg(f"model.name_or_path={tmp_path / 'dropout'}", "algorithm.epochs=2", "algorithm.kl_coef=0")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    assert learner.model.training
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
+    _, metrics = gradient(learner, batch)
+    assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-6)
