@@ -97,6 +97,8 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"
     kl_coef: float = 0.04  # DeepSeekMath β
     kl_in: str = "loss"  # loss | reward
+    ref_reset_every: int = 0  # steps between reference resets (iterative GRPO, §1.5); 0 = never
+    ref_mix_alpha: float = 1.0  # reset to α·π_θ + (1-α)·π_ref: 1 = hard copy; TR-DPO / TRL use 0.6
     epochs: int = 1  # μ: update passes over each generation batch
     mini_batches: int = 1  # optimizer steps per pass
 
@@ -197,6 +199,10 @@ def _validate_algorithm(a: AlgorithmConfig) -> None:
     _require(a.dual_clip_c is None or a.dual_clip_c > 1, f"algorithm.dual_clip_c={a.dual_clip_c} must be > 1")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef} must be >= 0")
     _require(a.epochs >= 1, f"algorithm.epochs={a.epochs} must be >= 1")
+    _require(a.ref_reset_every >= 0, f"algorithm.ref_reset_every={a.ref_reset_every} must be >= 0")
+    _require(a.ref_reset_every == 0 or a.kl_coef > 0,
+             "algorithm.ref_reset_every needs algorithm.kl_coef > 0: without a KL term there is no reference model")
+    _require(0 < a.ref_mix_alpha <= 1, f"algorithm.ref_mix_alpha={a.ref_mix_alpha} must lie in (0, 1]")
     _require(a.mini_batches >= 1, f"algorithm.mini_batches={a.mini_batches} must be >= 1")
     _require(a.length_norm is None or a.length_norm > 0, f"algorithm.length_norm={a.length_norm} must be > 0")
 

@@ -82,6 +82,12 @@ class Learner:
             self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
         self.temperature = cfg.sampler.temperature
 
+    @torch.no_grad()
+    def reset_reference(self, alpha: float) -> None:
+        """π_ref ← α·π_θ + (1-α)·π_ref (α = 1: the hard copy of iterative GRPO)."""
+        for ref, policy in zip(self.reference.parameters(), self.model.parameters()):
+            ref.mul_(1.0 - alpha).add_(policy.detach(), alpha=alpha)
+
     def weights(self) -> dict[str, torch.Tensor]:
         """What the sampler needs after an update (parameters and buffers, by name)."""
         return dict(self.model.state_dict())
@@ -166,9 +172,15 @@ class Learner:
         return metrics
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        """Optimizer and schedule; the reference too once resets have moved it off the base."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.reference is not None and self.cfg.algorithm.ref_reset_every > 0:
+            state["reference"] = {k: v.cpu() for k, v in self.reference.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "reference" in state and self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
 

@@ -71,6 +71,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     advantages = ADVANTAGES[algorithm.advantage](
         AdvantageInputs(rewards, rollouts.group_ids, train_batch.loss_mask), algorithm)
     update = run.learner.update(replace(train_batch, advantages=advantages), seed=derived_seed(cfg.seed, step, 1))
+    if is_due(algorithm.ref_reset_every, step + 1):
+        run.learner.reset_reference(algorithm.ref_mix_alpha)
     clock.lap("update")
     run.sampler.load_weights(run.learner.weights(), version=step + 1)
     clock.lap("push")

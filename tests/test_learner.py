@@ -75,3 +75,17 @@ def test_dropout_is_off_in_training_mode(make_cfg, rollouts, tmp_path):
     batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
     _, metrics = gradient(learner, batch)
     assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_reference_reset_mixes_policy_into_reference(make_cfg, alpha):
+    cfg = make_cfg("algorithm.kl_coef=0.04", "algorithm.ref_reset_every=5", f"algorithm.ref_mix_alpha={alpha}")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(0.1)
+    before = [r.detach().clone() for r in learner.reference.parameters()]
+    learner.reset_reference(alpha)
+    for ref, old, policy in zip(learner.reference.parameters(), before, learner.model.parameters()):
+        assert torch.allclose(ref, alpha * policy + (1 - alpha) * old, atol=1e-6)
+    assert "reference" in learner.state_dict()

@@ -19,18 +19,21 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["algorithm.ref_reset_every=1", "algorithm.ref_mix_alpha=0.6"]],
+                         ids=["grpo", "reference-reset"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     run_dir = tmp_path / "run"
-    assert main(["train", f"output_dir={run_dir}", *RUN]) == 0
+    assert main(["train", f"output_dir={run_dir}", *RUN, *extra]) == 0
     full = records(run_dir)
     shutil.rmtree(run_dir / "checkpoints" / "step_4")  # as if the run died after step 3
-    assert main(["train", f"output_dir={run_dir}", "resume=auto", *RUN]) == 0
+    assert main(["train", f"output_dir={run_dir}", "resume=auto", *RUN, *extra]) == 0
     resumed = records(run_dir)
     assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
     for before, after in zip(full[3:], resumed[3:]):
         assert after["loss"] == pytest.approx(before["loss"], abs=1e-6)
         assert after["reward/mean"] == pytest.approx(before["reward/mean"], abs=1e-6)
         assert after["lr"] == pytest.approx(before["lr"], rel=1e-9)
+        assert after["kl"] == pytest.approx(before["kl"], abs=1e-6)
     assert (run_dir / "checkpoints" / "step_4" / "trainer_state.pt").is_file()
 
 
