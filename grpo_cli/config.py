@@ -80,6 +80,8 @@ class RewardConfig:
 class AlgorithmConfig:
     name: str = "grpo"
     group_filter: str = "none"
+    gfpo_k: int = 8  # GFPO: completions kept per group (paper: k <= 8 of G = 16)
+    gfpo_metric: str = "length"  # GFPO: length (keep the shortest) | token_efficiency (reward / length)
     advantage: str = "grpo"
     std_ddof: int = 1  # sample std as TRL/verl/oat/OpenRLHF; the GRPO paper does not say
     adv_eps: float = 1.0e-6  # verl's
@@ -222,6 +224,16 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
     _require(cfg.eval.temperature > 0, f"eval.temperature={cfg.eval.temperature} must be > 0")
 
 
+def _validate_filter(cfg: GrpoConfig) -> None:
+    a = cfg.algorithm
+    if a.group_filter != "gfpo":
+        return
+    _require(a.gfpo_metric in ("length", "token_efficiency"),
+             f"algorithm.gfpo_metric={a.gfpo_metric!r}: use length or token_efficiency")
+    _require(1 <= a.gfpo_k <= cfg.sampler.n,
+             f"algorithm.gfpo_k={a.gfpo_k} must lie in [1, sampler.n={cfg.sampler.n}]: GFPO keeps k of the G sampled")
+
+
 def _validate_trainer(cfg: GrpoConfig) -> None:
     t = cfg.trainer
     _require(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
@@ -244,6 +256,7 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
 
     _validate_algorithm(cfg.algorithm)
     _validate_sampling(cfg)
+    _validate_filter(cfg)
     _validate_trainer(cfg)
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")

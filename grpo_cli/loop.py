@@ -64,7 +64,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     clock.lap("generate")
     scores = run.rewards.score(batch, rollouts)
     clock.lap("reward")
-    selected = GROUP_FILTERS[algorithm.group_filter](rollouts, scores, algorithm)
+    filter_rng = torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3))
+    selected = GROUP_FILTERS[algorithm.group_filter](rollouts, scores, algorithm, filter_rng)
     train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts))
     clock.lap("logprobs")
     rewards = torch.where(selected, rewards_with_kl(scores.total, train_batch, algorithm), math.nan)
@@ -92,6 +93,7 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selected: torch.Tensor, 
         "completion/truncated_fraction": float(rollouts.truncated.float().mean()),
         "groups/no_spread_fraction": float(stats.no_spread.float().mean()),
         "groups/selected_fraction": float(selected.float().mean()),
+        "completion/selected_mean_length": float(lengths[selected].mean()) if selected.any() else 0.0,
     }
     for name, values in scores.components.items():
         out[f"reward/{name}"] = float(values.nanmean())

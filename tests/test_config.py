@@ -58,7 +58,8 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("trainer.stepz=3", "stepz"),
     ("+trainer.stepz=3", "stepz"),
     ("trainer.steps=abc", "trainer.steps"),
-    ("algorithm=nope", "available: cispo, dr_grpo, grpo, gspo, gspo_token"),
+    ("algorithm=nope", "available: cispo, dr_grpo, gfpo, grpo, gspo, gspo_token"),
+    ("algorithm=gfpo algorithm.gfpo_k=9", "gfpo_k=9"),
     ("+recipe=nope", "available: dapo_math, embedded"),
     ("sampler.n=1", "sampler.n=1"),
     ("trainer.lr=-1", "trainer.lr"),
@@ -70,7 +71,7 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
 ])
 def test_bad_config_names_the_key(override, fragment):
     with pytest.raises(ConfigError) as error:
-        composed(override)
+        composed(*override.split(" "))
     message = str(error.value)
     assert fragment in message
     assert "\n" not in message
