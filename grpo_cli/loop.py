@@ -45,12 +45,12 @@ def derived_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step) * 16 + stream
 
 
-def rewards_with_kl(total: torch.Tensor, batch: TrainBatch, algorithm) -> torch.Tensor:
-    """R_i - β Σ_t KL_t when the KL goes into the reward (PPO style); R_i otherwise."""
+def kl_penalty(batch: TrainBatch, algorithm) -> torch.Tensor | None:
+    """β·KL_t per token when the KL goes into the reward (PPO style); None otherwise."""
     if algorithm.kl_in != "reward" or batch.ref_logprobs is None:
-        return total
+        return None
     kl = KL_ESTIMATORS[algorithm.kl_estimator](batch.old_logprobs, batch.ref_logprobs)
-    return total - algorithm.kl_coef * (kl * batch.loss_mask).sum(-1)
+    return algorithm.kl_coef * kl * batch.loss_mask
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
@@ -68,9 +68,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     selected = GROUP_FILTERS[algorithm.group_filter](rollouts, scores, algorithm, filter_rng)
     train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts))
     clock.lap("logprobs")
-    rewards = torch.where(selected, rewards_with_kl(scores.total, train_batch, algorithm), math.nan)
-    advantages = ADVANTAGES[algorithm.advantage](
-        AdvantageInputs(rewards, rollouts.group_ids, train_batch.loss_mask), algorithm)
+    rewards = torch.where(selected, scores.total, math.nan)
+    advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs(
+        rewards, rollouts.group_ids, train_batch.loss_mask, kl_penalty(train_batch, algorithm)), algorithm)
     update = run.learner.update(replace(train_batch, advantages=advantages), seed=derived_seed(cfg.seed, step, 1))
     if is_due(algorithm.ref_reset_every, step + 1):
         run.learner.reset_reference(algorithm.ref_mix_alpha)

@@ -83,7 +83,10 @@ def _loop_reference(name, rewards, groups, ddof, eps):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+SEQUENCE_ESTIMATORS = ["dr_grpo", "grpo", "rloo"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_ESTIMATORS)
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_vectorised_equals_loop(name, ddof):
     rng = random.Random(7)
@@ -95,3 +98,47 @@ def test_vectorised_equals_loop(name, ddof):
         rewards.append(math.nan if kind == 3 and rng.random() < 0.3 else value)
     got = advantages(name, rewards, groups, std_ddof=ddof, adv_eps=1e-6)
     assert got.tolist() == pytest.approx(_loop_reference(name, rewards, groups, ddof, 1e-6), abs=1e-5)
+
+
+def _reinforce_pp_loop(rewards, groups, lengths, penalty, baseline):
+    """Token rewards, returns by a backwards loop, whitening by plain sums (§7.2)."""
+    returns = []
+    for i, (r, n) in enumerate(zip(rewards, lengths)):
+        outcome = r
+        if baseline:
+            members = [x for x, g in zip(rewards, groups) if g == groups[i]]
+            outcome = r - sum(members) / len(members)
+        running, row = 0.0, [0.0] * n
+        for t in reversed(range(n)):
+            running += (outcome if t == n - 1 else 0.0) - penalty[i][t]
+            row[t] = running
+        returns.append(row)
+    flat = [x for row in returns for x in row]
+    mean = sum(flat) / len(flat)
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / len(flat))
+    return [[(x - mean) / (std + 1e-6) for x in row] for row in returns]
+
+
+@pytest.mark.parametrize("name, baseline", [("reinforce_pp", False), ("reinforce_pp_baseline", True)])
+def test_reinforce_pp_equals_loop_with_kl_in_the_reward(name, baseline):
+    rng = random.Random(3)
+    groups = [g for g in range(4) for _ in range(4)]
+    rewards = [float(rng.random() < 0.5) for _ in groups]
+    lengths = [rng.randint(1, 7) for _ in groups]
+    width = max(lengths)
+    mask = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths])
+    penalty = torch.rand(len(groups), width, generator=torch.Generator().manual_seed(0)) * 0.01 * mask
+    inp = AdvantageInputs(torch.tensor(rewards), torch.tensor(groups), mask, kl_penalty=penalty)
+    got = ADVANTAGES[name](inp, AlgorithmConfig(adv_eps=1e-6))
+    expected = _reinforce_pp_loop(rewards, groups, lengths, penalty.tolist(), baseline)
+    for row, want, n in zip(got.tolist(), expected, lengths):
+        assert row[:n] == pytest.approx(want, abs=1e-5)
+        assert all(x == 0.0 for x in row[n:])
+
+
+def test_kl_in_the_reward_lowers_sequence_rewards():
+    mask = torch.ones(2, 3)
+    penalty = torch.tensor([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0]])
+    inp = AdvantageInputs(torch.tensor([1.0, 1.0]), torch.zeros(2, dtype=torch.long), mask, kl_penalty=penalty)
+    adv = ADVANTAGES["dr_grpo"](inp, AlgorithmConfig())
+    assert adv[:, 0].tolist() == pytest.approx([-0.15, 0.15])
