@@ -110,7 +110,7 @@ def _whitened_returns(outcome: torch.Tensor, inp: AdvantageInputs, cfg) -> torch
     mask = inp.loss_mask.to(torch.float64)
     valid = ~torch.isnan(outcome)
     mask = mask * valid[:, None]
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    last = (mask.sum(-1).long() - 1).clamp(min=0)  # loss-bearing tokens are a prefix of each row
     token_rewards = torch.zeros_like(mask)
     token_rewards[torch.arange(mask.shape[0]), last] = torch.where(valid, outcome, 0.0)
     if inp.kl_penalty is not None:
