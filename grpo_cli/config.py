@@ -263,4 +263,8 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _require(len(cfg.reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
     for i, fn in enumerate(cfg.reward.functions):
         _require_name(fn.name, REWARDS, f"reward.functions[{i}].name")
+        try:  # factories are cheap: a bad argument fails here, before any model loads
+            REWARDS[fn.name](**dict(fn.kwargs))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"reward.functions[{i}].kwargs for {fn.name}: {error}") from error
     return cfg

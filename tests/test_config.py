@@ -67,6 +67,8 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("algorithm.advantage=foo", "valid: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo"),
     ("sampler.name=sglang", "valid: hf, vllm"),
     ("reward.functions=[{name:nope}]", "reward.functions[0].name"),
+    ("reward.functions=[{name:overlong,kwargs:{max_length:10}}]", "reward.functions[0].kwargs for overlong"),
+    ("reward.functions=[{name:overlong,kwargs:{max_length:10,cache_length:20}}]", "cache_length <= max_length"),
     ("algorithm.mini_batches=3", "mini_batches"),
 ])
 def test_bad_config_names_the_key(override, fragment):

@@ -54,3 +54,23 @@ def test_none_means_no_opinion():
         assert all(math.isnan(v) for v in scores.total.tolist())
     finally:
         del REWARDS["_abstain"]
+
+
+@pytest.mark.parametrize("length, expected", [(16000, 0.0), (16384, 0.0), (18000, -0.39453125), (20480, -1.0), (21000, -1.0)])
+def test_overlong_vector_8_2(length, expected):
+    from grpo_cli.rewards.builtin import overlong_penalty
+
+    assert overlong_penalty(length, max_length=20480, cache_length=4096) == pytest.approx(expected, abs=1e-12)
+
+
+def test_overlong_counts_completion_tokens_including_eos():
+    cfg = RewardConfig(functions=[RewardFunctionConfig("final_answer", 1.0, {}),
+                                  RewardFunctionConfig("overlong", 1.0, {"max_length": 4, "cache_length": 2})])
+    rollouts = _rollouts(["Answer: 3", "Answer: 3"], [0, 0])
+    rollouts.completion_ids = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 2]])
+    rollouts.completion_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    batch = PromptBatch(prompt_ids=[[1]], prompts=["a"], examples=[{"answer": "3"}])
+    scores = RewardSet(cfg).score(batch, rollouts)
+    assert scores.components["overlong"].tolist() == pytest.approx([-0.5, -1.0])  # lengths 3 and 4
+    assert scores.total.tolist() == pytest.approx([0.5, 0.0])
+    assert scores.correct.tolist() == [True, True]  # correctness comes from the first function only

@@ -32,6 +32,8 @@ class RewardSet:
         index = rollouts.group_ids.tolist()
         prompts = [batch.prompts[i] for i in index]
         columns = {key: [batch.examples[i].get(key) for i in index] for key in batch.examples[0]}
+        columns["completion_ids"] = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
+                                                                 rollouts.completion_lengths.tolist())]
         components: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(index), dtype=torch.float64)
         opinions = torch.zeros(len(index), dtype=torch.bool)

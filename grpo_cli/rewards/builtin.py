@@ -4,9 +4,12 @@
 reference column, as DAPO's recipe does for math (arXiv 2503.14476: +1 / -1 with
 `correct=1, incorrect=-1`); the embedded arithmetic task uses it with 1 / 0.
 
+`overlong` is DAPO's soft length penalty, added to the correctness reward.
+
 Every entry of REWARDS is a factory: called with the config's `kwargs`, it returns a reward
 function `(prompts, completions, **columns) -> list[float | None]`, where `columns` holds every
-data column as a list aligned with the completions. None means "no opinion": that completion
+data column as a list aligned with the completions, plus `completion_ids` (the token ids of
+each completion, EOS included, as TRL passes them). None means "no opinion": that completion
 is left out of its group's statistics and gets advantage 0.
 """
 
@@ -57,6 +60,27 @@ def final_answer(correct: float = 1.0, incorrect: float = 0.0, answer_key: str =
     return reward
 
 
+def overlong_penalty(length: int, max_length: int, cache_length: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (§3.3): 0 up to L_max - L_cache, then linear down to -1 at
+    L_max, and -1 beyond it (the paper's clamp; verl omits it because generation stops there)."""
+    threshold = max_length - cache_length
+    if length <= threshold:
+        return 0.0
+    return max(-1.0, (threshold - length) / cache_length) * factor
+
+
+def overlong(max_length: int, cache_length: int, factor: float = 1.0) -> RewardFn:
+    """Added to the correctness reward: |y| counts the completion's tokens, EOS included."""
+    if not 0 < cache_length <= max_length:
+        raise ValueError(f"overlong needs 0 < cache_length <= max_length, got {cache_length} and {max_length}")
+
+    def reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **_) -> list[float]:
+        return [overlong_penalty(len(ids), max_length, cache_length, factor) for ids in completion_ids]
+
+    return reward
+
+
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "final_answer": final_answer,
+    "overlong": overlong,
 }
