@@ -100,13 +100,15 @@ class Learner:
         return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
                           advantages=torch.zeros_like(loss_mask), sampler_logprobs=rollouts.sampler_logprobs)
 
+    def _micro_batches(self, batch: TrainBatch):
+        """Consecutive slices of trainer.micro_batch_size sequences, on the learner's device."""
+        size = self.cfg.trainer.micro_batch_size
+        for start in range(0, len(batch), size):
+            yield self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
+
     @torch.no_grad()
     def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
-        size = self.cfg.trainer.micro_batch_size
-        parts = []
-        for start in range(0, len(batch), size):
-            micro = self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
-            parts.append(sequence_logprobs(model, micro, self.temperature)[0].cpu())
+        parts = [sequence_logprobs(model, micro, self.temperature)[0].cpu() for micro in self._micro_batches(batch)]
         return torch.cat(parts) * batch.loss_mask
 
     def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
@@ -139,13 +141,10 @@ class Learner:
         return BatchNorm(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
                          length_norm=float(budget))
 
-    def accumulate_gradients(self, batch: TrainBatch) -> dict[str, float]:
+    def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
-        norm = self.batch_norm(batch)
         metrics: dict[str, float] = {}
-        size = self.cfg.trainer.micro_batch_size
-        for start in range(0, len(batch), size):
-            micro = self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
+        for micro in self._micro_batches(batch):
             logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
             inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
@@ -153,18 +152,20 @@ class Learner:
                                 loss_mask=micro.loss_mask)
             out = compute_loss(inputs, self.cfg.algorithm, norm)
             out.loss.backward()
-            out.metrics["entropy"] = (entropy * micro.loss_mask).sum().item() / max(1, norm.num_tokens)
             gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
-            out.metrics["mismatch/abs_logprob_gap"] = gap.sum().item() / max(1, norm.num_tokens)
+            sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum()]).tolist()
+            out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
+            out.metrics["mismatch/abs_logprob_gap"] = sums[1] / max(1, norm.num_tokens)
             for key, value in out.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + value
         return metrics
 
     def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.accumulate_gradients(batch)
+        norm = self.batch_norm(batch)
+        metrics = self.accumulate_gradients(batch, norm)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
-        if self.batch_norm(batch).num_tokens > 0:
+        if norm.num_tokens > 0:
             self.optimizer.step()
         self.scheduler.step()
         metrics["grad_norm"] = float(grad_norm)

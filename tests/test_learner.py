@@ -18,7 +18,7 @@ def rollouts(tokenizer, eval_prompts):
 
 def gradient(learner, batch):
     learner.optimizer.zero_grad(set_to_none=True)
-    metrics = learner.accumulate_gradients(batch)
+    metrics = learner.accumulate_gradients(batch, learner.batch_norm(batch))
     grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
     return grads, metrics
 

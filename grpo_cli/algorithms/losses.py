@@ -188,20 +188,24 @@ def compute_loss(inp: LossInputs, cfg, norm: BatchNorm) -> LossOutput:
     policy_token_loss = terms.token_loss * CORRECTIONS[cfg.correction](inp, cfg).detach()
     policy_loss = aggregate(policy_token_loss, mask, norm)
     loss = policy_loss
-    metrics = {"loss/policy": policy_loss.item()}
+    tokens, sequences = max(1, norm.num_tokens), max(1, norm.num_sequences)
+    clipped = terms.clipped_low | terms.clipped_high
+    stats = {
+        "loss/policy": policy_loss.detach(),
+        "clip/low_fraction": (terms.clipped_low.float() * mask).sum() / tokens,
+        "clip/high_fraction": (terms.clipped_high.float() * mask).sum() / tokens,
+        "clip/fraction": (clipped.float() * mask).sum() / tokens,
+        # GSPO clips whole sequences; token and sequence fractions differ (ALGORITHMS.md §9.11).
+        "clip/sequence_fraction": (((clipped.float() * mask).sum(-1) > 0).float()).sum() / sequences,
+        "ratio/mean": (terms.ratio * mask).sum() / tokens,
+    }
     if inp.ref_logprobs is not None:
         kl = KL_ESTIMATORS[cfg.kl_estimator](inp.logprobs, inp.ref_logprobs)
         kl_value = aggregate(kl, mask, norm)
         if cfg.kl_in == "loss":
             loss = loss + cfg.kl_coef * kl_value
-        metrics["kl"] = kl_value.item()
-    per_token = lambda flag: (flag.float() * mask).sum().item() / max(1, norm.num_tokens)  # noqa: E731
-    metrics["clip/low_fraction"] = per_token(terms.clipped_low)
-    metrics["clip/high_fraction"] = per_token(terms.clipped_high)
-    metrics["clip/fraction"] = metrics["clip/low_fraction"] + metrics["clip/high_fraction"]
-    # GSPO clips whole sequences; token and sequence fractions differ (ALGORITHMS.md §9.11).
-    any_clip = ((terms.clipped_low | terms.clipped_high).float() * mask).sum(-1) > 0
-    metrics["clip/sequence_fraction"] = any_clip.sum().item() / max(1, norm.num_sequences)
-    metrics["ratio/mean"] = (terms.ratio * mask).sum().item() / max(1, norm.num_tokens)
-    metrics["loss/total"] = loss.item()
+        stats["kl"] = kl_value.detach()
+    stats["loss/total"] = loss.detach()
+    # One device-to-host copy for all metrics: each .item() would wait for the GPU.
+    metrics = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))
     return LossOutput(loss=loss, metrics=metrics)
