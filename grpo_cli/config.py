@@ -82,6 +82,12 @@ class AlgorithmConfig:
     group_filter: str = "none"
     gfpo_k: int = 8  # GFPO: completions kept per group (paper: k <= 8 of G = 16)
     gfpo_metric: str = "length"  # GFPO: length (keep the shortest) | token_efficiency (reward / length)
+    gfpo_rejected: str = "zero_adv"  # GFPO: zero_adv (paper: stay in the batch) | drop (TRL)
+    gfpo_adaptive_k: list[int] = field(default_factory=lambda: [8, 8, 6, 4])  # k for difficulty below q25, q50, q75, above (paper, G = 16)
+    gfpo_adaptive_warmup: int = 64  # prompts seen before the quartiles are used; until then the largest k
+    gfpo_adaptive_window: int = 4096  # recent prompts the quartiles are read from
+    max_sampling_rounds: int = 1  # generation rounds per step when the filter drops groups (verl max_num_gen_batches: 10)
+    overlong_filter: bool = False  # DAPO: truncated completions leave the loss (still count in the group statistics)
     advantage: str = "grpo"
     std_ddof: int = 1  # sample std as TRL/verl/oat/OpenRLHF; the GRPO paper does not say
     adv_eps: float = 1.0e-6  # verl's
@@ -225,13 +231,21 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
 
 
 def _validate_filter(cfg: GrpoConfig) -> None:
-    a = cfg.algorithm
-    if a.group_filter != "gfpo":
+    a, n = cfg.algorithm, cfg.sampler.n
+    _require(a.max_sampling_rounds >= 1, f"algorithm.max_sampling_rounds={a.max_sampling_rounds} must be >= 1")
+    if not a.group_filter.startswith("gfpo"):
         return
     _require(a.gfpo_metric in ("length", "token_efficiency"),
              f"algorithm.gfpo_metric={a.gfpo_metric!r}: use length or token_efficiency")
-    _require(1 <= a.gfpo_k <= cfg.sampler.n,
-             f"algorithm.gfpo_k={a.gfpo_k} must lie in [1, sampler.n={cfg.sampler.n}]: GFPO keeps k of the G sampled")
+    _require(a.gfpo_rejected in ("zero_adv", "drop"), f"algorithm.gfpo_rejected={a.gfpo_rejected!r}: use zero_adv or drop")
+    if a.group_filter == "gfpo":
+        _require(1 <= a.gfpo_k <= n, f"algorithm.gfpo_k={a.gfpo_k} must lie in [1, sampler.n={n}]: GFPO keeps k of the G sampled")
+        return
+    ks = list(a.gfpo_adaptive_k)
+    _require(len(ks) == 4 and all(1 <= k <= n for k in ks),
+             f"algorithm.gfpo_adaptive_k={ks}: give 4 values (very hard, hard, medium, easy) in [1, sampler.n={n}]")
+    _require(a.gfpo_adaptive_window >= 1, f"algorithm.gfpo_adaptive_window={a.gfpo_adaptive_window} must be >= 1")
+    _require(a.gfpo_adaptive_warmup >= 0, f"algorithm.gfpo_adaptive_warmup={a.gfpo_adaptive_warmup} must be >= 0")
 
 
 def _validate_trainer(cfg: GrpoConfig) -> None:

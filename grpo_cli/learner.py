@@ -19,6 +19,9 @@ from transformers import AutoModelForCausalLM
 from grpo_cli.algorithms import compute_loss
 from grpo_cli.types import BatchNorm, LossInputs, Rollouts, TrainBatch
 
+# The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (ALGORITHMS.md §7.4).
+MAX_GAP = "mismatch/max_abs_logprob_gap"
+
 
 def schedule_factor(step: int, warmup: int, total: int, kind: str) -> float:
     """Learning-rate multiplier after `step` optimizer steps: linear warm-up, then the schedule."""
@@ -92,11 +95,14 @@ class Learner:
         """What the sampler needs after an update (parameters and buffers, by name)."""
         return dict(self.model.state_dict())
 
-    def to_train_batch(self, rollouts: Rollouts) -> TrainBatch:
-        """Concatenate prompt and completion; advantages are filled in later."""
+    def to_train_batch(self, rollouts: Rollouts, overlong_filter: bool = False) -> TrainBatch:
+        """Concatenate prompt and completion; advantages are filled in later. With
+        `overlong_filter` (DAPO §3.3) a truncated completion has no loss-bearing token."""
         ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
         mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
         loss_mask = rollouts.completion_mask.float()
+        if overlong_filter:
+            loss_mask = loss_mask * ~rollouts.truncated[:, None]
         return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
                           advantages=torch.zeros_like(loss_mask), sampler_logprobs=rollouts.sampler_logprobs)
 
@@ -133,7 +139,9 @@ class Learner:
             order = torch.randperm(len(batch), generator=generator)
             for index in order.chunk(a.mini_batches):
                 per_step.append(self.optimizer_step(batch.select(index)))
-        return {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
+        merged = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
+        merged[MAX_GAP] = max(m[MAX_GAP] for m in per_step)
+        return merged
 
     def batch_norm(self, batch: TrainBatch) -> BatchNorm:
         lengths = batch.loss_mask.sum(-1)
@@ -153,11 +161,12 @@ class Learner:
             out = compute_loss(inputs, self.cfg.algorithm, norm)
             out.loss.backward()
             gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
-            sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum()]).tolist()
+            sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum(), gap.max()]).tolist()
             out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
             out.metrics["mismatch/abs_logprob_gap"] = sums[1] / max(1, norm.num_tokens)
+            out.metrics[MAX_GAP] = sums[2]
             for key, value in out.metrics.items():
-                metrics[key] = metrics.get(key, 0.0) + value
+                metrics[key] = max(metrics.get(key, 0.0), value) if key == MAX_GAP else metrics.get(key, 0.0) + value
         return metrics
 
     def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:

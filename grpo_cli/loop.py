@@ -8,7 +8,6 @@ only changes which function each stage dictionary hands back, never the shape of
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 
@@ -17,6 +16,7 @@ import torch
 from grpo_cli import checkpoint
 from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, KL_ESTIMATORS, AdvantageInputs
 from grpo_cli.algorithms.advantages import group_stats
+from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
 from grpo_cli.data import PromptSet, step_indices
 from grpo_cli.evaluate import EvalResult, evaluate
 from grpo_cli.learner import Learner
@@ -38,6 +38,7 @@ class Run:
     sampler: object
     train_params: SamplingParams
     eval_params: SamplingParams
+    difficulty: DifficultyTracker
 
 
 def derived_seed(seed: int, step: int, stream: int) -> int:
@@ -54,34 +55,86 @@ def kl_penalty(batch: TrainBatch, algorithm) -> torch.Tensor | None:
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
-    """One generation round and its updates; returns the step's metrics."""
+    """One generation round (more for dynamic sampling) and its updates; returns the metrics."""
     cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
-    rows = step_indices(len(run.train_prompts), cfg.trainer.prompts_per_step, step, cfg.seed)
-    batch = run.train_prompts.take(rows)
-    run.sampler.wake()
-    rollouts = run.sampler.generate(batch, run.train_params, seed=derived_seed(cfg.seed, step, 0))
-    run.sampler.sleep()
-    clock.lap("generate")
-    scores = run.rewards.score(batch, rollouts)
-    clock.lap("reward")
-    filter_rng = torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3))
-    selected = GROUP_FILTERS[algorithm.group_filter](rollouts, scores, algorithm, filter_rng)
-    train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts))
+    rollouts, scores, selection, sampling = collect(run, step, clock)
+    logged = {**rollout_metrics(rollouts, scores, selection, algorithm), **sampling, **selection.metrics}
+    run.difficulty.record(scores.total, rollouts.group_ids)
+    if not selection.kept.any():
+        return {**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)}
+    rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
+    train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts, algorithm.overlong_filter))
     clock.lap("logprobs")
-    rewards = torch.where(selected, scores.total, math.nan)
-    advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs(
-        rewards, rollouts.group_ids, train_batch.loss_mask, kl_penalty(train_batch, algorithm)), algorithm)
+    advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs.from_scores(
+        scores, selected, rollouts.group_ids, train_batch.loss_mask, kl_penalty(train_batch, algorithm)), algorithm)
     update = run.learner.update(replace(train_batch, advantages=advantages), seed=derived_seed(cfg.seed, step, 1))
     if is_due(algorithm.ref_reset_every, step + 1):
         run.learner.reset_reference(algorithm.ref_mix_alpha)
     clock.lap("update")
     run.sampler.load_weights(run.learner.weights(), version=step + 1)
     clock.lap("push")
-    return {**rollout_metrics(rollouts, scores, selected, algorithm), **update, **clock.metrics(rollouts)}
+    return {**logged, **update, **clock.metrics(rollouts)}
 
 
-def rollout_metrics(rollouts: Rollouts, scores: Scores, selected: torch.Tensor, algorithm) -> dict[str, float]:
+def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
+    """Generate for one slice of prompts, score and filter. Round 0 walks the data in seeded
+    epochs; refill rounds draw fresh prompts from their own seeded stream."""
+    cfg = run.cfg
+    count, seed = cfg.trainer.prompts_per_step, derived_seed(cfg.seed, step, 0) + (round_ << 40)
+    if round_ == 0:
+        rows = step_indices(len(run.train_prompts), count, step, cfg.seed)
+    else:
+        rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    batch = run.train_prompts.take(rows)
+    run.sampler.wake()
+    rollouts = run.sampler.generate(batch, run.train_params, seed=seed)
+    run.sampler.sleep()
+    clock.lap("generate")
+    scores = run.rewards.score(batch, rollouts)
+    clock.lap("reward")
+    context = FilterContext(torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3) + (round_ << 40)), run.difficulty)
+    return rollouts, scores, GROUP_FILTERS[cfg.algorithm.group_filter](rollouts, scores, cfg.algorithm, context)
+
+
+def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
+    """Sample rounds until prompts_per_step groups keep a completion or max_sampling_rounds is
+    reached (DAPO's dynamic sampling, ALGORITHMS.md §3.2); kept groups beyond the target are
+    discarded, not carried over, and a short batch trains with a warning. Every round samples
+    from the same policy, so nothing in the buffer is stale."""
+    algorithm, target = run.cfg.algorithm, run.cfg.trainer.prompts_per_step
+    parts: list[tuple[Rollouts, Scores, Selection]] = []
+    kept_groups = 0
+    while len(parts) < algorithm.max_sampling_rounds and (not parts or kept_groups < target):
+        parts.append(sample_round(run, step, len(parts), clock))
+        rollouts, _, selection = parts[-1]
+        kept_groups += int(torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selection.kept.float()).gt(0).sum())
+    rollouts = Rollouts.cat([p[0] for p in parts])
+    scores = Scores.cat([p[1] for p in parts])
+    selection = Selection.cat([p[2] for p in parts])
+    selection.metrics = {k: sum(p[2].metrics[k] for p in parts) / len(parts) for k in parts[0][2].metrics}
+    group_kept = torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selection.kept.float()) > 0
+    used = group_kept & (group_kept.cumsum(0) <= target)
+    selection.kept &= used[rollouts.group_ids]
+    first_round_groups = parts[0][0].num_groups
+    sampling = {
+        "sampling/rounds": float(len(parts)),
+        "sampling/dropped_groups": float((~group_kept).sum()),
+        "sampling/refilled_groups": float(used[first_round_groups:].sum()),
+        "sampling/kept_group_fraction": float(group_kept.float().mean()),
+        "sampling/partial_batch": float(used.sum() < target),
+    }
+    if algorithm.max_sampling_rounds > 1 and used.sum() < target:
+        from grpo_cli.metrics import console
+
+        console.print(f"[yellow]warning:[/] step {step + 1}: {int(used.sum())} of {target} groups had a spread of "
+                      f"correctness after {len(parts)} rounds (algorithm.max_sampling_rounds); training on those")
+    return rollouts, scores, selection, sampling
+
+
+def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, algorithm) -> dict[str, float]:
+    """Health of everything generated this step (all rounds, before removing dropped groups)."""
     lengths = rollouts.completion_lengths.float()
+    selected = selection.selected & selection.kept
     stats = group_stats(scores.total, rollouts.group_ids, algorithm.std_ddof)
     out = {
         "reward/mean": float(scores.total.nanmean()),
@@ -106,8 +159,9 @@ class Stopwatch:
         self.laps: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
+        """Time since the previous lap, added to `name` (rounds of sampling add up)."""
         now = time.perf_counter()
-        self.laps[name] = now - self.last
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
         self.last = now
 
     def metrics(self, rollouts: Rollouts) -> dict[str, float]:
@@ -135,7 +189,8 @@ def eval_record(result: EvalResult | None) -> dict[str, float]:
 
 
 def save_checkpoint(run: Run, step: int, base_eval: EvalResult | None):
-    state = {"learner": run.learner.state_dict(), "base_eval": None if base_eval is None else base_eval.to_dict()}
+    state = {"learner": run.learner.state_dict(), "difficulty": run.difficulty.state_dict(),
+             "base_eval": None if base_eval is None else base_eval.to_dict()}
     return checkpoint.save(run.cfg.output_dir, step, run.learner.model, run.tokenizer, state,
                            keep_last=run.cfg.trainer.keep_last)
 
@@ -144,6 +199,7 @@ def restore(run: Run, resume_from) -> tuple[int, EvalResult | None]:
     """Optimizer, scheduler and RNG from a checkpoint (the weights were loaded from it)."""
     state = checkpoint.load_state(resume_from)
     run.learner.load_state_dict(state["learner"])
+    run.difficulty.load_state_dict(state["difficulty"])
     checkpoint.restore_rng(state["rng"])
     base_eval = EvalResult(**state["base_eval"]) if state.get("base_eval") else None
     return state["step"], base_eval

@@ -98,6 +98,7 @@ def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
 
 def build(cfg, policy_path: str):
     """Tokenizer, prompts, rewards, learner and sampler for a training run."""
+    from grpo_cli.algorithms.filters import DifficultyTracker
     from grpo_cli.learner import Learner
     from grpo_cli.loop import Run
 
@@ -113,7 +114,7 @@ def build(cfg, policy_path: str):
     train_params, eval_params = sampling_params(cfg)
     return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
                rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
-               eval_params=eval_params)
+               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo_adaptive_window))
 
 
 def run_evaluation(cfg, evaluate):

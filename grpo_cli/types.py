@@ -7,10 +7,25 @@ completion is [N, C] and aligned with `completion_ids`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+
+def pad_cat(tensors: list[torch.Tensor], value: float, left: bool = False) -> torch.Tensor:
+    """Concatenate along dim 0, padding dim 1 (if any) to the widest with `value`."""
+    if tensors[0].dim() == 1:
+        return torch.cat(tensors)
+    width = max(t.shape[1] for t in tensors)
+    pads = [(width - t.shape[1], 0) if left else (0, width - t.shape[1]) for t in tensors]
+    return torch.cat([F.pad(t, pad, value=value) for t, pad in zip(tensors, pads)])
+
+
+def renumber(group_ids: torch.Tensor) -> torch.Tensor:
+    """[N] group ids mapped onto 0..B-1 in their sorted order (after rows were removed)."""
+    return torch.unique(group_ids, return_inverse=True)[1]
 
 
 @dataclass
@@ -61,6 +76,35 @@ class Rollouts:
         """[N] number of loss-bearing tokens |o_i| (ALGORITHMS.md §0.1)."""
         return self.completion_mask.sum(-1)
 
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_ids.max()) + 1 if self.group_ids.numel() else 0
+
+    def select(self, index: torch.Tensor) -> "Rollouts":
+        """Rows `index` (long or bool), group ids renumbered onto 0..B'-1."""
+        index = index.nonzero().squeeze(-1) if index.dtype == torch.bool else index
+        tensors = {f.name: getattr(self, f.name)[index] for f in fields(self)
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
+        tensors["group_ids"] = renumber(tensors["group_ids"])
+        return replace(self, **tensors, completions=[self.completions[i] for i in index.tolist()])
+
+    @staticmethod
+    def cat(parts: list["Rollouts"]) -> "Rollouts":
+        """Rollouts of several generation rounds as one batch; group ids stay distinct.
+        New padding holds token 0: padded positions are masked everywhere downstream."""
+        offsets = torch.tensor([0] + [p.num_groups for p in parts]).cumsum(0)
+        return Rollouts(
+            prompt_ids=pad_cat([p.prompt_ids for p in parts], 0, left=True),
+            prompt_mask=pad_cat([p.prompt_mask for p in parts], 0, left=True),
+            completion_ids=pad_cat([p.completion_ids for p in parts], 0),
+            completion_mask=pad_cat([p.completion_mask for p in parts], 0),
+            sampler_logprobs=pad_cat([p.sampler_logprobs for p in parts], 0.0),
+            truncated=torch.cat([p.truncated for p in parts]),
+            group_ids=torch.cat([p.group_ids + offsets[i] for i, p in enumerate(parts)]),
+            completions=[text for p in parts for text in p.completions],
+            policy_version=parts[0].policy_version,
+        )
+
 
 @dataclass
 class Scores:
@@ -75,6 +119,36 @@ class Scores:
     total: torch.Tensor
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> "Scores":
+        """Rows `index` of every per-completion field."""
+        return self._map(lambda t: t[index])
+
+    @staticmethod
+    def cat(parts: list["Scores"]) -> "Scores":
+        """Scores of several generation rounds, in order; per-step fields padded (-1 / NaN)."""
+        pad = lambda ts: pad_cat(ts, -1 if ts[0].dtype == torch.long else float("nan"))  # noqa: E731
+        out = {}
+        for f in fields(Scores):
+            values = [getattr(p, f.name) for p in parts]
+            if isinstance(values[0], torch.Tensor):
+                out[f.name] = pad(values)
+            elif isinstance(values[0], dict):
+                out[f.name] = {key: torch.cat([v[key] for v in values]) for key in values[0]}
+            else:
+                out[f.name] = values[0]
+        return Scores(**out)
+
+    def _map(self, fn) -> "Scores":
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = fn(value)
+            elif isinstance(value, dict):
+                value = {key: fn(v) for key, v in value.items()}
+            out[f.name] = value
+        return Scores(**out)
 
 
 @dataclass

@@ -20,3 +20,34 @@ def test_two_steps(make_cfg, algorithm):
     assert all(math.isfinite(m["loss/total"]) for m in metrics)
     assert any(not torch.equal(a, b) for a, b in zip(before, run.learner.model.parameters()))
     assert metrics[1]["ratio/mean"] != 1.0  # later mini-batches are off-policy
+
+
+def test_dynamic_sampling_fills_the_batch_with_groups_that_have_a_spread(make_cfg):
+    from grpo_cli.loop import Stopwatch, collect
+
+    # G = 2 at a base accuracy near 0.4: about half the groups have no spread, so rounds refill.
+    cfg = make_cfg("algorithm=dapo", "trainer.prompts_per_step=6", "sampler.n=2")
+    run = build(cfg, cfg.model.name_or_path)
+    rollouts, scores, selection, sampling = collect(run, 0, Stopwatch())
+    kept = rollouts.select(selection.kept)
+    correct = scores.correct[selection.kept].float().view(-1, cfg.sampler.n)
+    assert kept.num_groups == 6 and sampling["sampling/partial_batch"] == 0.0
+    assert ((correct.sum(1) > 0) & (correct.sum(1) < cfg.sampler.n)).all()
+    generated = rollouts.num_groups
+    assert generated == 6 * sampling["sampling/rounds"]
+    assert sampling["sampling/dropped_groups"] == generated - int(sampling["sampling/kept_group_fraction"] * generated)
+    kept_first_round = rollouts.group_ids[selection.kept & (rollouts.group_ids < 6)].unique().numel()
+    assert sampling["sampling/refilled_groups"] == 6 - kept_first_round > 0
+
+
+def test_no_group_with_a_spread_skips_the_update(make_cfg):
+    """Every completion counts as correct: every group is dropped in every round, the step warns,
+    trains on nothing and leaves the weights as they were."""
+    cfg = make_cfg("algorithm=dapo", "trainer.prompts_per_step=2", "algorithm.max_sampling_rounds=2",
+                   "reward.correct_above=-10")
+    run = build(cfg, cfg.model.name_or_path)
+    before = [p.detach().clone() for p in run.learner.model.parameters()]
+    metrics = train_step(run, 0)
+    assert metrics["update/skipped"] == 1.0 and metrics["sampling/rounds"] == 2.0
+    assert metrics["sampling/dropped_groups"] == 4.0 and metrics["sampling/partial_batch"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, run.learner.model.parameters()))

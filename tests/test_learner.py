@@ -4,9 +4,11 @@ gradient for every aggregation mode, with ratios away from 1 so that clipping is
 import pytest
 import torch
 
+from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
 from grpo_cli.learner import Learner
 from grpo_cli.sampler import SamplingParams, engine
 from conftest import TINY
+from test_config import options
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,43 @@ def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
     metrics = learner.update(batch, seed=0)
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+
+
+OUTCOME_ALGORITHMS = [name for name in options("algorithm") if name != "grpo_process"]
+
+
+@pytest.mark.parametrize("algorithm", OUTCOME_ALGORITHMS)
+def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, rollouts, algorithm):
+    """Every group rewarded 0.7 (fp32, where a naive (r - mean) / (std + eps) gives a spurious
+    0.119, §8.9): advantages exactly 0, a finite loss, and with β = 0 the weights do not move.
+    With β > 0 the gradient is the KL term's alone."""
+    cfg = make_cfg(f"algorithm={algorithm}", "algorithm.kl_coef=0.0", "algorithm.epochs=2")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    rewards = torch.full((len(batch),), 0.7, dtype=torch.float32)
+    batch.advantages = ADVANTAGES[cfg.algorithm.advantage](
+        AdvantageInputs(rewards, rollouts.group_ids, batch.loss_mask), cfg.algorithm)
+    assert torch.equal(batch.advantages, torch.zeros_like(batch.advantages))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    metrics = learner.update(batch, seed=0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["grad_norm"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+
+
+def test_zero_advantages_leave_only_the_kl_gradient(make_cfg, rollouts):
+    cfg = make_cfg("algorithm.kl_coef=0.04")
+    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    with torch.no_grad():  # move the policy off the reference so the KL term has a gradient
+        for p in learner.model.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    with_kl, metrics = gradient(learner, batch)
+    assert metrics["loss/policy"] == 0.0 and metrics["kl"] > 0
+    learner.cfg.algorithm.kl_coef = 0.0
+    without_kl, _ = gradient(learner, batch)
+    assert with_kl.abs().sum() > 0
+    assert torch.equal(without_kl, torch.zeros_like(without_kl))
 
 
 def test_dropout_is_off_in_training_mode(make_cfg, rollouts, tmp_path):

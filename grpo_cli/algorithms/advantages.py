@@ -35,6 +35,13 @@ class AdvantageInputs:
     loss_mask: torch.Tensor
     kl_penalty: torch.Tensor | None = None
 
+    @classmethod
+    def from_scores(cls, scores, selected: torch.Tensor, group_ids: torch.Tensor, loss_mask: torch.Tensor,
+                    kl_penalty: torch.Tensor | None) -> "AdvantageInputs":
+        """Rewards of the completions a group filter left out become NaN: advantage exactly 0."""
+        rewards = torch.where(selected, scores.total, torch.nan)
+        return cls(rewards, group_ids, loss_mask, kl_penalty)
+
     def sequence_rewards(self) -> torch.Tensor:
         """[N] float64: R_i minus the summed per-token KL penalty, for sequence-level estimators."""
         rewards = self.rewards.to(torch.float64)

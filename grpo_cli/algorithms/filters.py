@@ -1,25 +1,93 @@
-"""Group filters: which completions of a scored batch take part in the advantage.
+"""Group filters: which completions take part in the advantage, and which stay in the batch.
 
-GRPO (arXiv 2402.03300) uses every completion. GFPO (Microsoft, arXiv 2508.09726, §5 of
-ALGORITHMS.md) keeps the k best of each group by a metric (shortest, or highest reward per
-token) and computes the advantage within that subset. A completion that is not selected keeps
-its place in the batch (it still counts in the token normaliser and gets the KL term, as in
-the paper) but its reward is hidden from the advantage stage, so its advantage is exactly 0.
-Where we differ: the paper's adaptive k and TRL's option of dropping rejected completions
-come later; ties are broken at random with the step's seeded generator.
+GRPO (arXiv 2402.03300) uses every completion. DAPO's dynamic sampling (arXiv 2503.14476,
+§3.2 of ALGORITHMS.md) drops every group whose correctness has no spread; the loop then
+samples fresh prompts until the batch is full. GFPO (Microsoft, arXiv 2508.09726, §5.1) keeps
+the k best of each group by a metric (shortest, or highest reward per token) and computes the
+advantage within that subset; adaptive GFPO (§5.2) picks k per prompt from the quartiles of
+recent prompt difficulties.
 
-Signature: (Rollouts, Scores, AlgorithmConfig, torch.Generator) -> selected [N] bool.
+Where we differ:
+- GFPO's rejected completions keep their place in the batch by default (the paper: they stay
+  in the token normaliser and get the KL term, with advantage exactly 0); `gfpo_rejected: drop`
+  removes them as TRL's experimental trainer did.
+- Adaptive GFPO reads exact quartiles of a window of recent prompt difficulties instead of a
+  t-digest: a run sees thousands of prompts, not millions, so the exact answer is cheap.
+- Ties in the GFPO metric are broken at random with the step's seeded generator.
+
+Signature: (Rollouts, Scores, AlgorithmConfig, FilterContext) -> Selection.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
+
 import torch
 
+from grpo_cli.algorithms.advantages import group_stats
 from grpo_cli.types import Rollouts, Scores
 
 
-def select_all(rollouts: Rollouts, scores: Scores, cfg, generator: torch.Generator) -> torch.Tensor:
-    return torch.ones(rollouts.group_ids.shape[0], dtype=torch.bool)
+@dataclass
+class Selection:
+    """selected: [N] bool, completions whose reward enters the advantage (the rest get 0).
+    kept:     [N] bool, completions that stay in the training batch (the rest are removed).
+    metrics:  name -> float, what the filter wants logged."""
+
+    selected: torch.Tensor
+    kept: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def cat(parts: list["Selection"]) -> "Selection":
+        return Selection(torch.cat([p.selected for p in parts]), torch.cat([p.kept for p in parts]))
+
+
+class DifficultyTracker:
+    """Streaming difficulty of prompts: the mean reward of each group, over a window."""
+
+    def __init__(self, window: int):
+        self.values: deque[float] = deque(maxlen=window)
+
+    def record(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> None:
+        stats = group_stats(rewards, group_ids, std_ddof=0)
+        self.values.extend(stats.mean[stats.count > 0].tolist())
+
+    def quartiles(self, min_count: int) -> torch.Tensor | None:
+        """[3] float64 q25, q50, q75, or None until `min_count` prompts have been seen."""
+        if len(self.values) < max(1, min_count):
+            return None
+        return torch.quantile(torch.tensor(list(self.values), dtype=torch.float64),
+                              torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+
+    def state_dict(self) -> dict:
+        return {"values": list(self.values)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.clear()
+        self.values.extend(state["values"])
+
+
+@dataclass
+class FilterContext:
+    """generator: seeded, for tie-breaking. difficulty: recent prompt difficulties (adaptive GFPO)."""
+
+    generator: torch.Generator
+    difficulty: DifficultyTracker
+
+
+def select_all(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+    everything = torch.ones(rollouts.group_ids.shape[0], dtype=torch.bool)
+    return Selection(selected=everything, kept=everything.clone())
+
+
+def dynamic_sampling(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+    """Keep the groups whose correctness varies (0 < #correct < G). Correctness, not the shaped
+    reward: an all-correct group of different lengths is still dropped (verl filters on `acc`)."""
+    stats = group_stats(scores.correct.double(), rollouts.group_ids, std_ddof=0)
+    spread = ~stats.no_spread[rollouts.group_ids]
+    return Selection(selected=spread, kept=spread.clone())
 
 
 def gfpo_metric(rollouts: Rollouts, scores: Scores, metric: str) -> torch.Tensor:
@@ -31,23 +99,56 @@ def gfpo_metric(rollouts: Rollouts, scores: Scores, metric: str) -> torch.Tensor
     return torch.where(torch.isnan(efficiency), torch.full_like(efficiency, -torch.inf), efficiency)
 
 
-def top_k_per_group(values: torch.Tensor, group_ids: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """[N] bool: the k highest values of every group; equal values in a random, seeded order."""
+def top_k_per_group(values: torch.Tensor, group_ids: torch.Tensor, k: int | torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """[N] bool: the k highest values of every group (k an int, or [B] per group); equal
+    values in a random, seeded order."""
     shuffle = torch.randperm(values.shape[0], generator=generator)
     order = shuffle[torch.argsort(values[shuffle], descending=True, stable=True)]
     order = order[torch.argsort(group_ids[order], stable=True)]  # grouped, best first within
     rank = torch.empty_like(order)
     starts = torch.searchsorted(group_ids[order], group_ids[order], side="left")
     rank[order] = torch.arange(order.shape[0]) - starts
-    return rank < k
+    limit = k[group_ids] if isinstance(k, torch.Tensor) else k
+    return rank < limit
 
 
-def gfpo(rollouts: Rollouts, scores: Scores, cfg, generator: torch.Generator) -> torch.Tensor:
-    values = gfpo_metric(rollouts, scores, cfg.gfpo_metric)
-    return top_k_per_group(values, rollouts.group_ids, cfg.gfpo_k, generator)
+def _subset(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext, k: int | torch.Tensor) -> Selection:
+    """Keep k per group by cfg.gfpo_metric; log the kept and rejected lengths (§5.4)."""
+    selected = top_k_per_group(gfpo_metric(rollouts, scores, cfg.gfpo_metric), rollouts.group_ids, k, ctx.generator)
+    kept = selected.clone() if cfg.gfpo_rejected == "drop" else torch.ones_like(selected)
+    lengths = rollouts.completion_lengths.float()
+    subset = group_stats(torch.where(selected, scores.total, torch.nan), rollouts.group_ids, cfg.std_ddof)
+    sizes = torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selected.float())
+    metrics = {
+        "gfpo/mean_k": float(sizes.mean()),
+        "gfpo/kept_mean_length": float(lengths[selected].mean()),
+        "gfpo/rejected_mean_length": float(lengths[~selected].mean()) if (~selected).any() else 0.0,
+        "gfpo/subset_no_spread_fraction": float(subset.no_spread.float().mean()),
+    }
+    return Selection(selected=selected, kept=kept, metrics=metrics)
+
+
+def gfpo(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+    return _subset(rollouts, scores, cfg, ctx, cfg.gfpo_k)
+
+
+def gfpo_adaptive(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+    """k per prompt by difficulty bucket: mean reward below q25, q50, q75 or above, read from
+    the prompts seen before this batch; the largest k until enough have been seen."""
+    ks = torch.tensor(list(cfg.gfpo_adaptive_k))
+    quartiles = ctx.difficulty.quartiles(cfg.gfpo_adaptive_warmup)
+    if quartiles is None:
+        k = ks.max().expand(rollouts.num_groups)
+    else:
+        difficulty = group_stats(scores.total, rollouts.group_ids, std_ddof=0).mean
+        k = ks[torch.bucketize(difficulty, quartiles, right=True)]
+    return _subset(rollouts, scores, cfg, ctx, k)
 
 
 GROUP_FILTERS = {
     "none": select_all,
+    "dynamic_sampling": dynamic_sampling,
     "gfpo": gfpo,
+    "gfpo_adaptive": gfpo_adaptive,
 }
