@@ -45,6 +45,14 @@ def test_dapo_math_recipe_values():
     assert (cfg.algorithm.clip_eps_low, cfg.algorithm.clip_eps_high) == (0.2, 0.28)
     assert cfg.algorithm.aggregation == "token_mean" and cfg.algorithm.kl_coef == 0.0
     assert cfg.sampler.name == "vllm" and cfg.sampler.max_new_tokens == 20480
+    assert cfg.algorithm.group_filter == "dynamic_sampling" and cfg.algorithm.max_sampling_rounds == 10
+    overlong = [f for f in cfg.reward.functions if f.name == "overlong"]  # the recipe's, not the tiny task's
+    assert [(f.kwargs["max_length"], f.kwargs["cache_length"]) for f in overlong] == [(20480, 4096)]
+
+
+def test_an_algorithm_can_pick_its_reward_and_the_command_line_wins():
+    assert [f.name for f in composed("algorithm=dapo").reward.functions] == ["final_answer", "overlong"]
+    assert [f.name for f in composed("algorithm=dapo", "reward=arithmetic").reward.functions] == ["final_answer"]
 
 
 def test_user_recipe_folder(tmp_path, monkeypatch):
