@@ -70,8 +70,16 @@ class RewardFunctionConfig:
 
 
 @dataclass
+class ProcessRewardConfig:
+    name: str = MISSING  # arithmetic_steps | hf_prm
+    separator: str = "\n\n"  # ends a reasoning step in the completion text
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RewardConfig:
     functions: list[RewardFunctionConfig] = field(default_factory=list)
+    process: Optional[ProcessRewardConfig] = None  # step rewards for algorithm.advantage=process
     # A completion is correct (for accuracy) when the first function's value exceeds this.
     correct_above: float = 0.5
 
@@ -264,6 +272,18 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(batch % minis == 0, f"algorithm.mini_batches={minis} must divide trainer.prompts_per_step x sampler.n = {batch}")
 
 
+def _validate_process(cfg: GrpoConfig) -> None:
+    from grpo_cli.rewards.process import PROCESS_REWARDS
+
+    process = cfg.reward.process
+    if cfg.algorithm.advantage == "process":
+        _require(process is not None, "algorithm.advantage=process needs step rewards: set reward.process "
+                 "(e.g. reward=arithmetic_process, or reward.process={name:hf_prm,kwargs:{model:PATH}})")
+    if process is not None:
+        _require_name(process.name, PROCESS_REWARDS, "reward.process.name")
+        _require(process.separator != "", "reward.process.separator is empty: give the text that ends a step")
+
+
 def validate(cfg: GrpoConfig) -> GrpoConfig:
     """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
     from grpo_cli.rewards import REWARDS
@@ -275,6 +295,7 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
     _require(len(cfg.reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
+    _validate_process(cfg)
     for i, fn in enumerate(cfg.reward.functions):
         _require_name(fn.name, REWARDS, f"reward.functions[{i}].name")
         try:  # factories are cheap: a bad argument fails here, before any model loads

@@ -49,7 +49,7 @@ def evaluate(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingPa
     for start in range(0, len(prompts), prompts_per_call):
         batch = prompts.take(list(range(start, min(start + prompts_per_call, len(prompts)))))
         rollouts = sampler.generate(batch, params, seed=seed + start)
-        scores = rewards.score(batch, rollouts)
+        scores = rewards.score(batch, rollouts, steps=False)
         correct_per_prompt.extend(scores.correct.view(len(batch), params.n))
         rewards_all.append(scores.total)
         lengths.append(rollouts.completion_lengths.float())

@@ -6,6 +6,8 @@ another run) is raised as UserError with the fix in the message, before any trai
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def build(cfg, policy_path: str):
     tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
     train_prompts = load_prompts(cfg.data.path, cfg.data.split, cfg.data, tokenizer)
     eval_prompts = load_eval_prompts(cfg, tokenizer)
-    rewards = RewardSet(cfg.reward)
+    rewards = RewardSet(cfg.reward, tokenizer)
     sampler = make_sampler(cfg, policy_path, tokenizer, device)
     optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
     learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path)
@@ -134,5 +136,6 @@ def run_evaluation(cfg, evaluate):
     prompts = load_eval_prompts(cfg, tokenizer)
     sampler = make_sampler(cfg, weights, tokenizer, device)
     _, params = sampling_params(cfg)
-    result = evaluate(sampler, prompts, RewardSet(cfg.reward), params, seed=derived_seed(cfg.seed, 0, 2))
+    outcome_only = replace(cfg.reward, process=None)  # accuracy needs no step rewards
+    result = evaluate(sampler, prompts, RewardSet(outcome_only), params, seed=derived_seed(cfg.seed, 0, 2))
     return result, weights

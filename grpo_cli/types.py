@@ -110,15 +110,20 @@ class Rollouts:
 class Scores:
     """Rewards for N completions.
 
-    total:      [N] float, the weighted sum of the reward functions; NaN where a function
-                had no opinion (None) so the advantage stage can exclude it.
-    components: name -> [N] float, each reward function's own (unweighted) values.
-    correct:    [N] bool, task correctness where the reward defines it (for accuracy).
+    total:        [N] float, the weighted sum of the reward functions; NaN where a function
+                  had no opinion (None) so the advantage stage can exclude it.
+    components:   name -> [N] float, each reward function's own (unweighted) values.
+    correct:      [N] bool, task correctness where the reward defines it (for accuracy).
+    step_ends:    [N, S] long, completion token index of each step's last token, -1 padding
+                  (process supervision only, else None).
+    step_rewards: [N, S] float, the process reward of each step, NaN padding or no opinion.
     """
 
     total: torch.Tensor
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | None = None
+    step_ends: torch.Tensor | None = None
+    step_rewards: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> "Scores":
         """Rows `index` of every per-completion field."""
@@ -131,7 +136,9 @@ class Scores:
         out = {}
         for f in fields(Scores):
             values = [getattr(p, f.name) for p in parts]
-            if isinstance(values[0], torch.Tensor):
+            if values[0] is None:
+                out[f.name] = None
+            elif isinstance(values[0], torch.Tensor):
                 out[f.name] = pad(values)
             elif isinstance(values[0], dict):
                 out[f.name] = {key: torch.cat([v[key] for v in values]) for key in values[0]}

@@ -43,7 +43,7 @@ def test_rloo_vector_8_1():
 
 def test_zero_variance_guard_8_9():
     rewards = torch.full((16,), 0.7, dtype=torch.float32)
-    for name in ADVANTAGES:
+    for name in ADVANTAGES.keys() - {"process"}:  # process: test_process.py, from step rewards
         assert torch.count_nonzero(advantages(name, rewards, adv_eps=1e-6)) == 0, name
     # Values a hair apart (below the relative tolerance) count as no spread too.
     nudged = rewards.clone()

@@ -28,19 +28,22 @@ ZERO_SPREAD = 1e-6
 @dataclass
 class AdvantageInputs:
     """rewards: [N] float, NaN = no reward. group_ids: [N] long in 0..B-1. loss_mask: [N, C].
-    kl_penalty: [N, C] β·KL per token when the KL goes into the reward (PPO style), else None."""
+    kl_penalty: [N, C] β·KL per token when the KL goes into the reward (PPO style), else None.
+    step_ends / step_rewards: [N, S] process supervision (see Scores), else None."""
 
     rewards: torch.Tensor
     group_ids: torch.Tensor
     loss_mask: torch.Tensor
     kl_penalty: torch.Tensor | None = None
+    step_ends: torch.Tensor | None = None
+    step_rewards: torch.Tensor | None = None
 
     @classmethod
     def from_scores(cls, scores, selected: torch.Tensor, group_ids: torch.Tensor, loss_mask: torch.Tensor,
                     kl_penalty: torch.Tensor | None) -> "AdvantageInputs":
         """Rewards of the completions a group filter left out become NaN: advantage exactly 0."""
         rewards = torch.where(selected, scores.total, torch.nan)
-        return cls(rewards, group_ids, loss_mask, kl_penalty)
+        return cls(rewards, group_ids, loss_mask, kl_penalty, scores.step_ends, scores.step_rewards)
 
     def sequence_rewards(self) -> torch.Tensor:
         """[N] float64: R_i minus the summed per-token KL penalty, for sequence-level estimators."""
@@ -143,10 +146,14 @@ def reinforce_pp_baseline_advantages(inp: AdvantageInputs, cfg) -> torch.Tensor:
     return _whitened_returns(centred, inp, cfg)
 
 
+# Process supervision lives in its own module and needs group_stats from this one.
+from grpo_cli.algorithms.process import process_advantages  # noqa: E402
+
 ADVANTAGES = {
     "grpo": grpo_advantages,
     "dr_grpo": dr_grpo_advantages,
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
     "reinforce_pp_baseline": reinforce_pp_baseline_advantages,
+    "process": process_advantages,
 }
