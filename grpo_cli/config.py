@@ -8,6 +8,7 @@ torch: `grpo --help` and `grpo train --cfg job` stay instant.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,9 +280,16 @@ def _validate_process(cfg: GrpoConfig) -> None:
     if cfg.algorithm.advantage == "process":
         _require(process is not None, "algorithm.advantage=process needs step rewards: set reward.process "
                  "(e.g. reward=arithmetic_process, or reward.process={name:hf_prm,kwargs:{model:PATH}})")
+        # The step-reward estimator has no place for a per-token KL reward; it would be dropped silently.
+        _require(cfg.algorithm.kl_in == "loss" or cfg.algorithm.kl_coef == 0,
+                 "algorithm.advantage=process takes the KL in the loss: set algorithm.kl_in=loss (or kl_coef=0)")
     if process is not None:
         _require_name(process.name, PROCESS_REWARDS, "reward.process.name")
         _require(process.separator != "", "reward.process.separator is empty: give the text that ends a step")
+        try:  # bind only: building hf_prm would load a model before the run starts
+            inspect.signature(PROCESS_REWARDS[process.name]).bind(**dict(process.kwargs))
+        except TypeError as error:
+            raise ConfigError(f"reward.process.kwargs for {process.name}: {error}") from error
 
 
 def validate(cfg: GrpoConfig) -> GrpoConfig:

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
-from grpo_cli.config import AlgorithmConfig, ConfigError
+from grpo_cli.config import AlgorithmConfig, ConfigError, ProcessRewardConfig
 from grpo_cli.rewards.process import ArithmeticSteps, HFProcessRewardModel, ProcessScorer, segment
-from grpo_cli.config import ProcessRewardConfig
 from conftest import TINY
 
 NAN = math.nan
@@ -97,6 +96,8 @@ def test_segmentation_on_the_tiny_tokenizer(tokenizer):
     assert segment(pieces[:-1] + ["\n"], "\n")[0][-1] == len(ids) - 1  # trailing separator: no empty step
     assert segment(list("no separator"), "\n\n") == ([11], ["no separator"])
     assert segment([], "\n") == ([], [])
+    # A blank line is not a step: it joins the next one.
+    assert segment(list("1+2=3\n\nAnswer: 3"), "\n") == ([5, 15], ["1+2=3", "Answer: 3"])
 
 
 def test_arithmetic_checker_labels_until_the_first_mistake():
@@ -107,6 +108,8 @@ def test_arithmetic_checker_labels_until_the_first_mistake():
     values = check(["", "", ""], [right, slip, late], question=["3+5+2"] * 3, answer=["10"] * 3)
     assert values == [[1.0] * 5, [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
     assert check([""], [["3+5=8", "Answer: 8"]], question=["3+5+2"], answer=["10"]) == [[1.0, 0.0]]
+    # The answer is compared as a number, exactly as the outcome reward final_answer does.
+    assert check([""], [["3+5=8", "Answer: 8.0"]], question=["3+5"], answer=["8"]) == [[1.0, 1.0]]
 
 
 def test_scorer_pads_steps_per_completion(tokenizer):
@@ -139,3 +142,36 @@ def test_process_advantage_needs_step_rewards(make_cfg):
     with pytest.raises(ConfigError, match="valid: arithmetic_steps, hf_prm"):
         make_cfg("algorithm=grpo_process", "reward.process.name=nope")
     assert make_cfg("algorithm=grpo_process").reward.process.separator == "\n"
+    with pytest.raises(ConfigError, match="algorithm.kl_in=loss"):
+        make_cfg("algorithm=grpo_process", "algorithm.kl_in=reward")
+    with pytest.raises(ConfigError, match="reward.process.kwargs for hf_prm: missing a required argument: 'model'"):
+        make_cfg("algorithm=grpo_process", "reward.process={name:hf_prm}")
+
+
+def test_reward_set_fills_steps_that_reach_the_advantage(make_cfg, tokenizer):
+    from grpo_cli.rewards import RewardSet
+    from grpo_cli.types import PromptBatch, Rollouts, Scores
+
+    cfg = make_cfg("algorithm=grpo_process")
+    texts = ["3+5=8\nAnswer: 8", "3+5=9\nAnswer: 9", "Answer: 8"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(map(len, ids))
+    completion_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(row) for row in ids])[:, None]).long()
+    zeros = torch.zeros(3, 1, dtype=torch.long)
+    rollouts = Rollouts(zeros, zeros, completion_ids, mask, torch.zeros(3, width), torch.zeros(3, dtype=torch.bool),
+                        torch.tensor([0, 0, 0]), texts)
+    batch = PromptBatch([[1]], ["p"], [{"question": "3+5", "answer": "8"}])
+    scores = RewardSet(cfg.reward, tokenizer).score(batch, rollouts)
+    assert scores.total.tolist() == [1.0, 0.0, 1.0]
+    assert scores.step_ends.tolist() == [[5, len(ids[0]) - 1], [5, len(ids[1]) - 1], [len(ids[2]) - 1, -1]]
+    # An answer without its working is right for the outcome reward, not for the step checker.
+    assert scores.step_rewards[:, 0].tolist() == [1.0, 0.0, 0.0] and math.isnan(scores.step_rewards[2, 1])
+    assert RewardSet(cfg.reward, tokenizer).score(batch, rollouts, steps=False).step_ends is None
+    joined = Scores.cat([scores.select(torch.tensor([2])), scores.select(torch.tensor([0, 1]))])
+    assert joined.step_ends[0].tolist() == [len(ids[2]) - 1, -1]  # -1 padding survives a join
+    inp = AdvantageInputs.from_scores(scores, torch.ones(3, dtype=torch.bool), rollouts.group_ids, mask.float(), None)
+    adv = ADVANTAGES["process"](inp, cfg.algorithm)
+    # Pooled {1, 1, 0, 0, 0}: right steps are credited, the others pushed down.
+    assert (adv[0, :len(ids[0])] > 0).all() and (adv[1, :len(ids[1])] < 0).all() and (adv[2, :len(ids[2])] < 0).all()
+    assert (adv * (1 - mask)).abs().sum() == 0

@@ -18,6 +18,7 @@ import re
 
 import torch
 
+from grpo_cli.rewards.builtin import extract_final_answer, parse_number, same_number
 from grpo_cli.tasks.arithmetic import parse_question
 
 STEP_LINE = re.compile(r"^(\d+)\+(\d+)=(\d+)$")
@@ -36,7 +37,10 @@ def segment(pieces: list[str], separator: str) -> tuple[list[int], list[str]]:
     ends = []
     for match in re.finditer(re.escape(separator), text):
         token = bisect.bisect_right(offsets, match.end() - 1)
-        if not ends or token > ends[-1]:
+        start = offsets[ends[-1]] if ends else 0
+        # A step of only whitespace (a blank line, repeated separators) is not a step: it
+        # joins the next one, so no checker or PRM scores an empty string.
+        if (not ends or token > ends[-1]) and text[start:match.start()].strip():
             ends.append(token)
     last = len(pieces) - 1
     tail = text[offsets[ends[-1]]:] if ends else text
@@ -52,7 +56,9 @@ def segment(pieces: list[str], separator: str) -> tuple[list[int], list[str]]:
 class ArithmeticSteps:
     """The embedded task's step checker, labelled as Math-Shepherd and PRM800K label steps: a
     step scores 1 while everything up to and including it is right (the terms in order, the
-    running sum, the final answer against the reference) and 0 from the first mistake on."""
+    running sum, the final answer against the reference) and 0 from the first mistake on.
+    `Total:` and `Answer:` count as right only once every term has been added, so an answer
+    without its working, right or not, scores 0: process supervision rewards the procedure."""
 
     def __init__(self, question_key: str = "question", answer_key: str = "answer"):
         self.question_key, self.answer_key = question_key, answer_key
@@ -78,7 +84,8 @@ class ArithmeticSteps:
         if text.startswith("Total:"):
             return done and text[len("Total:"):].strip() == str(state["total"])
         if text.startswith("Answer:"):
-            return done and text[len("Answer:"):].strip() == answer.strip()
+            # Compared as numbers, as final_answer does, so step and outcome rewards agree.
+            return done and same_number(extract_final_answer(text), parse_number(answer))
         step = STEP_LINE.match(text)
         if step is None or done:
             return False
@@ -98,6 +105,8 @@ class HFProcessRewardModel:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:  # many PRM tokenizers have none; padding only needs an id
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForTokenClassification.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.model.to(device).eval()
         self.step_tag, self.positive_label, self.device, self.batch_size = step_tag, positive_label, device, batch_size
@@ -142,7 +151,9 @@ class ProcessScorer:
     """Segments completions and applies the configured process reward: [N, S] tensors."""
 
     def __init__(self, process_cfg, tokenizer):
-        self.separator = process_cfg.separator
+        if tokenizer is None:
+            raise ValueError("reward.process needs the policy's tokenizer: steps are found on the sampled token ids")
+        self.name, self.separator = process_cfg.name, process_cfg.separator
         self.tokenizer = tokenizer
         self.function = PROCESS_REWARDS[process_cfg.name](**dict(process_cfg.kwargs))
         self.pieces: dict[int, str] = {}
@@ -159,6 +170,8 @@ class ProcessScorer:
         step_ends = torch.full((len(found), width), -1, dtype=torch.long)
         step_rewards = torch.full((len(found), width), math.nan)
         for row, ((ends, _), scores) in enumerate(zip(found, values)):
+            if len(scores) != len(ends):
+                raise ValueError(f"process reward {self.name} gave {len(scores)} values for {len(ends)} steps (row {row})")
             step_ends[row, :len(ends)] = torch.tensor(ends, dtype=torch.long)
             step_rewards[row, :len(ends)] = torch.tensor([math.nan if v is None else float(v) for v in scores])
         return step_ends, step_rewards
