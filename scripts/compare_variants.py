@@ -91,22 +91,25 @@ def plot(names: list[str], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (accuracy, length) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
-    for name in names:
+    figure, (accuracy, length) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
+    colours = plt.get_cmap("tab10").colors
+    for index, name in enumerate(names):
+        # Ten colours, then dashed: twelve algorithms must not share a line style.
+        style = {"color": colours[index % 10], "linestyle": "-" if index < 10 else "--"}
         rows = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines() if line]
         evals = [r for r in rows if "eval/accuracy" in r]
-        accuracy.plot([r["step"] for r in evals], [r["eval/accuracy"] for r in evals], marker="o", ms=3, label=name)
+        accuracy.plot([r["step"] for r in evals], [r["eval/accuracy"] for r in evals], marker="o", ms=3, label=name, **style)
         steps = [r for r in rows if r["step"] > 0]
         values = [r["completion/mean_length"] for r in steps]
         smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
-        length.plot([r["step"] for r in steps], smooth, label=name)
+        length.plot([r["step"] for r in steps], smooth, label=name, **style)
     accuracy.set(xlabel="step", ylabel="held-out accuracy (mean@k)", title="held-out accuracy")
     length.set(xlabel="step", ylabel="tokens", title="mean completion length (training, 5-step mean)")
     for axis in (accuracy, length):
         axis.grid(alpha=0.3)
-    length.legend(fontsize=7, ncol=2)
+    length.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    figure.savefig(out / "variants.png")
+    figure.savefig(out / "variants.png", bbox_inches="tight")
 
 
 def main(argv=None) -> int:
