@@ -83,6 +83,9 @@ class RewardConfig:
     process: Optional[ProcessRewardConfig] = None  # step rewards for algorithm.advantage=process
     # A completion is correct (for accuracy) when the first function's value exceeds this.
     correct_above: float = 0.5
+    workers: int = 2  # reward processes; 0 = call in the trainer's process (no time limit; for debugging)
+    timeout: float = 30.0  # seconds per call; a call over it costs its completions their reward, not the run
+    rows_per_call: int = 64  # completions per call of a sync function (async: one per call, all concurrent)
 
 
 @dataclass
@@ -292,22 +295,38 @@ def _validate_process(cfg: GrpoConfig) -> None:
             raise ConfigError(f"reward.process.kwargs for {process.name}: {error}") from error
 
 
+def _validate_rewards(reward: RewardConfig) -> None:
+    """Every function is built here (a user file is imported), so a bad name, path or argument
+    fails before any model loads; functions holding a model are only checked for arguments."""
+    from grpo_cli.rewards.catalog import IN_PROCESS, REWARDS, build, is_user_path
+
+    _require(len(reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
+    _require(reward.workers >= 0, f"reward.workers={reward.workers} must be >= 0 (0: no worker processes)")
+    _require(reward.timeout > 0, f"reward.timeout={reward.timeout} must be > 0 seconds")
+    _require(reward.rows_per_call >= 1, f"reward.rows_per_call={reward.rows_per_call} must be >= 1")
+    for i, fn in enumerate(reward.functions):
+        _require(is_user_path(fn.name) or fn.name in REWARDS,
+                 f"reward.functions[{i}].name={fn.name!r} is not a reward: use one of {', '.join(sorted(REWARDS))}, "
+                 f"or module:function / file.py:function")
+        try:
+            if fn.name in IN_PROCESS:
+                inspect.signature(REWARDS[fn.name]).bind(**dict(fn.kwargs))
+            else:
+                build(fn.name, dict(fn.kwargs))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"reward.functions[{i}].kwargs for {fn.name}: {error}") from error
+        except Exception as error:  # a user's module can fail on import in any way
+            raise ConfigError(f"reward.functions[{i}] ({fn.name}) failed to load: {type(error).__name__}: {error}") from error
+
+
 def validate(cfg: GrpoConfig) -> GrpoConfig:
     """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
-    from grpo_cli.rewards import REWARDS
-
     _validate_algorithm(cfg.algorithm)
     _validate_sampling(cfg)
     _validate_filter(cfg)
     _validate_trainer(cfg)
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
-    _require(len(cfg.reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
     _validate_process(cfg)
-    for i, fn in enumerate(cfg.reward.functions):
-        _require_name(fn.name, REWARDS, f"reward.functions[{i}].name")
-        try:  # factories are cheap: a bad argument fails here, before any model loads
-            REWARDS[fn.name](**dict(fn.kwargs))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"reward.functions[{i}].kwargs for {fn.name}: {error}") from error
+    _validate_rewards(cfg.reward)
     return cfg

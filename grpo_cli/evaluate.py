@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from grpo_cli.data import PromptSet
-from grpo_cli.rewards import RewardSet
+from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.sampler import SamplingParams
 
 

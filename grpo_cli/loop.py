@@ -20,7 +20,7 @@ from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Select
 from grpo_cli.data import PromptSet, step_indices
 from grpo_cli.evaluate import EvalResult, evaluate
 from grpo_cli.learner import Learner
-from grpo_cli.rewards import RewardSet
+from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.sampler import SamplingParams
 from grpo_cli.types import Rollouts, Scores, TrainBatch
 
@@ -150,6 +150,8 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
     }
     for name, values in scores.components.items():
         out[f"reward/{name}"] = float(values.nanmean())
+    for name, failed in scores.failed.items():
+        out[f"reward/{name}/failed"] = float(failed.sum())  # raised or timed out: reward None
     return out
 
 
@@ -211,13 +213,23 @@ def is_due(every: int, step: int) -> bool:
 
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
-    from grpo_cli.metrics import MetricsFile, ProgressBar, console
     from grpo_cli.runtime import build, preflight, prepare_run_dir
 
     preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
     run_dir = prepare_run_dir(cfg, config_yaml, overrides)
     run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)
+    try:
+        return run_steps(run, run_dir, resume_from)
+    finally:
+        run.rewards.close()  # stop the reward worker processes, also on an error
+
+
+def run_steps(run: Run, run_dir, resume_from) -> dict:
+    """Evaluate the base (or restore), then step, evaluate and checkpoint to the end."""
+    from grpo_cli.metrics import MetricsFile, ProgressBar, console
+
+    cfg = run.cfg
     start, base_eval = restore(run, resume_from) if resume_from else (0, None)
     metrics = MetricsFile(run_dir / "metrics.jsonl", keep_through=start if resume_from else -1)
     if resume_from is None:

@@ -16,7 +16,7 @@ import yaml
 
 from grpo_cli.config import UserError
 from grpo_cli.data import load_prompts
-from grpo_cli.rewards import RewardSet
+from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.sampler import SamplingParams, engine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -137,5 +137,6 @@ def run_evaluation(cfg, evaluate):
     sampler = make_sampler(cfg, weights, tokenizer, device)
     _, params = sampling_params(cfg)
     outcome_only = replace(cfg.reward, process=None)  # accuracy needs no step rewards
-    result = evaluate(sampler, prompts, RewardSet(outcome_only), params, seed=derived_seed(cfg.seed, 0, 2))
+    with RewardSet(outcome_only) as rewards:
+        result = evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2))
     return result, weights

@@ -117,6 +117,7 @@ class Scores:
     step_ends:    [N, S] long, completion token index of each step's last token, -1 padding
                   (process supervision only, else None).
     step_rewards: [N, S] float, the process reward of each step, NaN padding or no opinion.
+    failed:       name -> [N] bool, the function raised or timed out on that completion.
     """
 
     total: torch.Tensor
@@ -124,6 +125,7 @@ class Scores:
     correct: torch.Tensor | None = None
     step_ends: torch.Tensor | None = None
     step_rewards: torch.Tensor | None = None
+    failed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def select(self, index: torch.Tensor) -> "Scores":
         """Rows `index` of every per-completion field."""

@@ -149,7 +149,7 @@ def test_process_advantage_needs_step_rewards(make_cfg):
 
 
 def test_reward_set_fills_steps_that_reach_the_advantage(make_cfg, tokenizer):
-    from grpo_cli.rewards import RewardSet
+    from grpo_cli.rewards.scoring import RewardSet
     from grpo_cli.types import PromptBatch, Rollouts, Scores
 
     cfg = make_cfg("algorithm=grpo_process")
@@ -162,12 +162,14 @@ def test_reward_set_fills_steps_that_reach_the_advantage(make_cfg, tokenizer):
     rollouts = Rollouts(zeros, zeros, completion_ids, mask, torch.zeros(3, width), torch.zeros(3, dtype=torch.bool),
                         torch.tensor([0, 0, 0]), texts)
     batch = PromptBatch([[1]], ["p"], [{"question": "3+5", "answer": "8"}])
-    scores = RewardSet(cfg.reward, tokenizer).score(batch, rollouts)
+    with RewardSet(cfg.reward, tokenizer) as rewards:
+        scores = rewards.score(batch, rollouts)
+        outcome_only = rewards.score(batch, rollouts, steps=False)
     assert scores.total.tolist() == [1.0, 0.0, 1.0]
     assert scores.step_ends.tolist() == [[5, len(ids[0]) - 1], [5, len(ids[1]) - 1], [len(ids[2]) - 1, -1]]
     # An answer without its working is right for the outcome reward, not for the step checker.
     assert scores.step_rewards[:, 0].tolist() == [1.0, 0.0, 0.0] and math.isnan(scores.step_rewards[2, 1])
-    assert RewardSet(cfg.reward, tokenizer).score(batch, rollouts, steps=False).step_ends is None
+    assert outcome_only.step_ends is None
     joined = Scores.cat([scores.select(torch.tensor([2])), scores.select(torch.tensor([0, 1]))])
     assert joined.step_ends[0].tolist() == [len(ids[2]) - 1, -1]  # -1 padding survives a join
     inp = AdvantageInputs.from_scores(scores, torch.ones(3, dtype=torch.bool), rollouts.group_ids, mask.float(), None)

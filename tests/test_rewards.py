@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo_cli.config import RewardConfig, RewardFunctionConfig
-from grpo_cli.rewards import RewardSet
+from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.rewards.builtin import extract_final_answer, final_answer
 from grpo_cli.types import PromptBatch, Rollouts
 
@@ -37,23 +37,20 @@ def test_weighted_total_components_and_correctness():
     cfg = RewardConfig(functions=[RewardFunctionConfig("final_answer", 1.0, {}),
                                   RewardFunctionConfig("final_answer", 0.5, {"correct": 2.0, "incorrect": -2.0})])
     batch = PromptBatch(prompt_ids=[[1], [2]], prompts=["a", "b"], examples=[{"answer": "3"}, {"answer": "4"}])
-    scores = RewardSet(cfg).score(batch, _rollouts(["Answer: 3", "Answer: 5", "Answer: 4"], [0, 0, 1]))
+    with RewardSet(cfg) as rewards:  # the real path: two worker processes
+        scores = rewards.score(batch, _rollouts(["Answer: 3", "Answer: 5", "Answer: 4"], [0, 0, 1]))
     assert scores.total.tolist() == pytest.approx([2.0, -1.0, 2.0])
     assert sorted(scores.components) == ["final_answer", "final_answer_2"]
     assert scores.correct.tolist() == [True, False, True]
 
 
-def test_none_means_no_opinion():
-    from grpo_cli.rewards.builtin import REWARDS
-
-    REWARDS["_abstain"] = lambda: (lambda prompts, completions, **_: [None] * len(completions))
-    try:
-        cfg = RewardConfig(functions=[RewardFunctionConfig("_abstain", 1.0, {})])
-        batch = PromptBatch(prompt_ids=[[1]], prompts=["a"], examples=[{"answer": "3"}])
-        scores = RewardSet(cfg).score(batch, _rollouts(["x", "y"], [0, 0]))
-        assert all(math.isnan(v) for v in scores.total.tolist())
-    finally:
-        del REWARDS["_abstain"]
+def test_none_means_no_opinion(tmp_path):
+    (tmp_path / "abstain.py").write_text("def abstain(prompts, completions, **_):\n    return [None] * len(completions)\n")
+    cfg = RewardConfig(functions=[RewardFunctionConfig(f"{tmp_path}/abstain.py:abstain", 1.0, {})], workers=0)
+    batch = PromptBatch(prompt_ids=[[1]], prompts=["a"], examples=[{"answer": "3"}])
+    scores = RewardSet(cfg).score(batch, _rollouts(["x", "y"], [0, 0]))
+    assert all(math.isnan(v) for v in scores.total.tolist())
+    assert scores.failed["abstain"].tolist() == [False, False]  # no opinion is not a failure
 
 
 @pytest.mark.parametrize("length, expected", [(16000, 0.0), (16384, 0.0), (18000, -0.39453125), (20480, -1.0), (21000, -1.0)])
@@ -70,7 +67,8 @@ def test_overlong_counts_completion_tokens_including_eos():
     rollouts.completion_ids = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 2]])
     rollouts.completion_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     batch = PromptBatch(prompt_ids=[[1]], prompts=["a"], examples=[{"answer": "3"}])
-    scores = RewardSet(cfg).score(batch, rollouts)
+    with RewardSet(cfg) as rewards:
+        scores = rewards.score(batch, rollouts)
     assert scores.components["overlong"].tolist() == pytest.approx([-0.5, -1.0])  # lengths 3 and 4
     assert scores.total.tolist() == pytest.approx([0.5, 0.0])
     assert scores.correct.tolist() == [True, True]  # correctness comes from the first function only

@@ -1,10 +1,14 @@
-"""Built-in reward functions.
+"""Built-in reward functions that need no model: answer, format, length and language checks.
 
 `final_answer` scores the number on the last `Answer:` line of a completion against the
 reference column, as DAPO's recipe does for math (arXiv 2503.14476: +1 / -1 with
 `correct=1, incorrect=-1`); the embedded arithmetic task uses it with 1 / 0.
 
-`overlong` is DAPO's soft length penalty, added to the correctness reward.
+`overlong` is DAPO's soft length penalty, added to the correctness reward. `length` is Kimi
+k1.5's group-relative length reward (arXiv 2501.12599 §2.3.3). `format` checks a tag pattern
+(open-r1's think / answer layout by default). `language` is the share of a completion's letters
+written in the target language's script, DeepSeek-R1's language-consistency reward (arXiv
+2501.12948 §2.3.3); R1 counts words, and a script cannot tell English from French.
 
 Every entry of REWARDS is a factory: called with the config's `kwargs`, it returns a reward
 function `(prompts, completions, **columns) -> list[float | None]`, where `columns` holds every
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Callable
 
 RewardFn = Callable[..., list]
@@ -45,13 +50,18 @@ def same_number(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
+def require_column(columns: dict, key: str, reward: str) -> list:
+    if key not in columns:
+        raise KeyError(f"reward {reward} needs the data column {key!r} (columns: {', '.join(sorted(columns))}); "
+                       f"set its kwargs answer_key or data.answer_key")
+    return columns[key]
+
+
 def final_answer(correct: float = 1.0, incorrect: float = 0.0, answer_key: str = "answer") -> RewardFn:
     """`correct` when the last `Answer:` number equals the reference column, else `incorrect`."""
 
     def reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
-        if answer_key not in columns:
-            raise KeyError(f"reward final_answer needs the data column {answer_key!r}; set reward kwargs answer_key")
-        references = columns[answer_key]
+        references = require_column(columns, answer_key, "final_answer")
         return [
             correct if same_number(extract_final_answer(c), parse_number(r)) else incorrect
             for c, r in zip(completions, references)
@@ -80,7 +90,67 @@ def overlong(max_length: int, cache_length: int, factor: float = 1.0) -> RewardF
     return reward
 
 
-REWARDS: dict[str, Callable[..., RewardFn]] = {
-    "final_answer": final_answer,
-    "overlong": overlong,
-}
+THINK_ANSWER = r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$"
+
+
+def format_reward(pattern: str = THINK_ANSWER, match: float = 1.0, mismatch: float = 0.0) -> RewardFn:
+    """`match` when the whole completion (surrounding whitespace aside) matches `pattern`
+    (a Python regex, `.` matching newlines), else `mismatch`."""
+    compiled = re.compile(pattern, re.DOTALL)
+
+    def reward(prompts: list[str], completions: list[str], **_) -> list[float]:
+        return [match if compiled.fullmatch(c.strip()) else mismatch for c in completions]
+
+    return reward
+
+
+def length(answer_key: str = "answer", checker: str = "math") -> RewardFn:
+    """Kimi k1.5: within each prompt's completions, lambda = 0.5 - (len - min) / (max - min) in
+    tokens; a correct completion gets lambda, a wrong one min(0, lambda); 0 when all lengths are
+    equal. `checker`: math, dapo_math or final_answer decides correctness."""
+    from grpo_cli.rewards.catalog import answer_checker
+
+    correct_of = answer_checker(checker, answer_key)
+
+    def reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **columns) -> list[float]:
+        right = correct_of(prompts, completions, **columns)
+        groups: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            groups.setdefault(prompt, []).append(row)
+        out = [0.0] * len(completions)
+        for rows in groups.values():
+            sizes = [len(completion_ids[r]) for r in rows]
+            low, high = min(sizes), max(sizes)
+            for r, size in zip(rows, sizes):
+                value = 0.0 if high == low else 0.5 - (size - low) / (high - low)
+                out[r] = value if right[r] else min(0.0, value)
+        return out
+
+    return reward
+
+
+SCRIPTS = {"en": {"LATIN"}, "fr": {"LATIN"}, "de": {"LATIN"}, "es": {"LATIN"}, "zh": {"CJK"},
+           "ja": {"CJK", "HIRAGANA", "KATAKANA"}, "ko": {"HANGUL"}, "ru": {"CYRILLIC"}, "el": {"GREEK"},
+           "ar": {"ARABIC"}, "he": {"HEBREW"}, "hi": {"DEVANAGARI"}, "th": {"THAI"}}
+_MATH = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[a-zA-Z]+", re.DOTALL)
+
+
+def script_share(text: str, scripts: set[str]) -> float | None:
+    """Share of the letters outside LaTeX that belong to `scripts`; None without letters."""
+    letters = [ch for ch in _MATH.sub(" ", text) if unicodedata.category(ch).startswith("L")]
+    if not letters:
+        return None
+    inside = sum(unicodedata.name(ch, "?").split(" ")[0] in scripts for ch in letters)
+    return inside / len(letters)
+
+
+def language(language: str = "en") -> RewardFn:
+    """Share of the completion's letters in the script of `language` (a code in SCRIPTS);
+    None (no opinion) for a completion without letters."""
+    if language not in SCRIPTS:
+        raise ValueError(f"language {language!r} is not one of {', '.join(sorted(SCRIPTS))}")
+
+    def reward(prompts: list[str], completions: list[str], **_) -> list[float | None]:
+        return [script_share(c, SCRIPTS[language]) for c in completions]
+
+    return reward

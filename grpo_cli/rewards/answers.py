@@ -1,0 +1,112 @@
+"""Final-answer rewards for math: `math` (equivalence checked by math-verify) and `dapo_math`
+(DAPO's string match on the last `Answer:` line, arXiv 2503.14476 and verl's `math_dapo`).
+
+`math` extracts the completion's answer from `\\boxed{}` first, then an `Answer:` /
+"the answer is" line, then the last number, and checks it against the reference (LaTeX or a
+number) symbolically. math-verify's own signal-based timeouts are switched off because they
+only work in a main thread; the reward workers enforce the per-call limit instead.
+
+`dapo_math` differs from verl in one place: verl's normaliser has a long list of unit words
+that it deletes; we delete a `\\text{...}` unit after the number and common trailing units,
+which is what those entries amount to for integer answers such as DAPO-Math-17k's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+from grpo_cli.rewards.builtin import RewardFn, require_column
+
+# math-verify warns on every call that its timeouts are off; the reward workers time calls.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+_ANSWER_LINE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
+_UNIT_WORDS = re.compile(r"\s*(?:\\text\{\s*[a-zA-Z ]*\}|\\mbox\{[^}]*\}|degrees|units|dollars|cents|"
+                         r"inches|feet|meters|cm|km|hours|minutes|seconds|points|ways|students)\s*$")
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_reference(reference: str) -> tuple:
+    """The reference parsed once: as written, else as LaTeX wrapped in `$...$`."""
+    from math_verify import parse
+
+    parsed = parse(reference, parsing_timeout=None)
+    if not parsed and "$" not in reference:
+        parsed = parse(f"${reference}$", parsing_timeout=None)
+    return tuple(parsed)
+
+
+def math_equal(completion: str, reference) -> bool:
+    """True when the completion's final answer equals the reference (math-verify)."""
+    from math_verify import parse, verify
+
+    gold = parse_reference(str(reference).strip())
+    if not gold:
+        return False
+    return bool(verify(list(gold), parse(completion, parsing_timeout=None), timeout_seconds=None))
+
+
+def math_answer(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
+    """`correct` when the final answer is equivalent to the reference column, else `incorrect`;
+    None when the row has no reference."""
+
+    def reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
+        references = require_column(columns, answer_key, "math")
+        return [None if ref is None else (correct if math_equal(c, ref) else incorrect)
+                for c, ref in zip(completions, references)]
+
+    return reward
+
+
+def strip_boxed(text: str) -> str:
+    start = text.find("\\boxed{")
+    if start < 0:
+        return text
+    depth, begin = 0, start + len("\\boxed{")
+    for index in range(begin - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[:start] + text[begin:index] + text[index + 1:]
+    return text
+
+
+def normalize_answer(text: str) -> str:
+    """DAPO-style normal form of a short final answer: no `$`, boxes, `\\text{}`, spaces, unit
+    words, thousands separators or trailing full stop."""
+    text = str(text).strip().rstrip(".").strip()
+    if text.count("$") >= 2:
+        text = text[text.find("$") + 1:text.rfind("$")]
+    text = strip_boxed(text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
+    text = _UNIT_WORDS.sub("", text)
+    text = re.sub(r"\\text\{(.*?)\}", r"\1", text)
+    text = re.sub(r"\\(?:left|right|!|,|;|\s)", "", text)
+    text = text.replace("$", "").replace(" ", "").rstrip(".")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
+        text = text.replace(",", "")
+    if re.fullmatch(r"-?\d+\.0+", text):
+        text = text.split(".")[0]
+    return text
+
+
+def dapo_answer(completion: str) -> str | None:
+    """The text of the last `Answer:` line within the final 300 characters (as verl), or None."""
+    found = _ANSWER_LINE.findall(completion[-300:])
+    return found[-1] if found else None
+
+
+def dapo_math(answer_key: str = "answer", correct: float = 1.0, incorrect: float = -1.0) -> RewardFn:
+    """DAPO's rule reward: `correct` when the normalised last `Answer:` equals the normalised
+    reference, else `incorrect` (a missing `Answer:` line is wrong, not "no opinion")."""
+
+    def reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
+        references = require_column(columns, answer_key, "dapo_math")
+        out = []
+        for completion, reference in zip(completions, references):
+            answer = dapo_answer(completion)
+            same = answer is not None and reference is not None and normalize_answer(answer) == normalize_answer(reference)
+            out.append(None if reference is None else (correct if same else incorrect))
+        return out
+
+    return reward

@@ -1,0 +1,101 @@
+"""RewardSet: the configured reward functions, called through the workers, weighted into Scores."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from grpo_cli.rewards.catalog import IN_PROCESS, build
+from grpo_cli.rewards.process import ProcessScorer
+from grpo_cli.rewards.workers import CallReport, LocalRewards, RewardWorkers
+from grpo_cli.types import PromptBatch, Rollouts, Scores
+
+
+def display_names(names: list[str]) -> list[str]:
+    """The same function twice (different kwargs) is logged as name, name_2, ...; a user
+    function by its function name."""
+    seen: Counter[str] = Counter()
+    out = []
+    for name in names:
+        short = name.rpartition(":")[2]
+        seen[short] += 1
+        out.append(short if seen[short] == 1 else f"{short}_{seen[short]}")
+    return out
+
+
+class RewardSet:
+    """The configured reward functions, started once, applied to every batch. Close it (or use
+    it as a context manager) to stop the worker processes."""
+
+    def __init__(self, reward_cfg, tokenizer=None):
+        self.specs = list(reward_cfg.functions)
+        self.names = display_names([spec.name for spec in self.specs])
+        self.correct_above = reward_cfg.correct_above
+        pairs = [(spec.name, dict(spec.kwargs)) for spec in self.specs]
+        local = {i: build(*pair) for i, pair in enumerate(pairs) if reward_cfg.workers == 0 or pair[0] in IN_PROCESS}
+        self.local = LocalRewards(local)
+        pooled = [None if i in local else pair for i, pair in enumerate(pairs)]
+        self.workers = (RewardWorkers(pooled, reward_cfg.workers, reward_cfg.timeout, reward_cfg.rows_per_call)
+                        if any(p is not None for p in pooled) else None)
+        self.reports: dict[str, CallReport] = {}
+        self.first_errors: dict[str, str] = {}
+        # Step rewards (process supervision) need the tokenizer: steps are found on token ids.
+        self.process = None if reward_cfg.process is None else ProcessScorer(reward_cfg.process, tokenizer)
+
+    def call(self, index: int, prompts: list[str], completions: list[str], columns: dict) -> CallReport:
+        runner = self.local if index in self.local.functions else self.workers
+        report = runner.run(index, prompts, completions, columns)
+        name = self.names[index]
+        if report.first_error and name not in self.first_errors:
+            self.first_errors[name] = report.first_error
+            from grpo_cli.metrics import console
+
+            console.print(f"[yellow]warning:[/] reward {name} failed on {report.errors} of {len(completions)} "
+                          f"completions (their reward is None): {report.first_error}")
+        self.reports[name] = report
+        return report
+
+    def score_texts(self, prompts: list[str], completions: list[str], columns: dict) -> Scores:
+        """Every function on N completions; None (no opinion, or failed) becomes NaN."""
+        components: dict[str, torch.Tensor] = {}
+        failed: dict[str, torch.Tensor] = {}
+        total = torch.zeros(len(completions), dtype=torch.float64)
+        opinions = torch.zeros(len(completions), dtype=torch.bool)
+        for index, (name, spec) in enumerate(zip(self.names, self.specs)):
+            report = self.call(index, prompts, completions, columns)
+            column = torch.tensor([math.nan if v is None else v for v in report.values], dtype=torch.float64)
+            components[name] = column.float()
+            failed[name] = torch.zeros(len(completions), dtype=torch.bool)
+            failed[name][report.failed_rows] = True
+            known = ~torch.isnan(column)
+            total += torch.where(known, spec.weight * column, torch.zeros_like(column))
+            opinions |= known
+        total = torch.where(opinions, total, torch.full_like(total, math.nan)).float()
+        first = components[self.names[0]]
+        return Scores(total=total, components=components, correct=first > self.correct_above, failed=failed)
+
+    def score(self, batch: PromptBatch, rollouts: Rollouts, steps: bool = True) -> Scores:
+        """Score a generation batch; `steps=False` skips the process reward (evaluation needs
+        only the outcome)."""
+        index = rollouts.group_ids.tolist()
+        prompts = [batch.prompts[i] for i in index]
+        columns = {key: [batch.examples[i].get(key) for i in index] for key in batch.examples[0]}
+        columns["completion_ids"] = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
+                                                                 rollouts.completion_lengths.tolist())]
+        scores = self.score_texts(prompts, rollouts.completions, columns)
+        if steps and self.process is not None:
+            scores.step_ends, scores.step_rewards = self.process(prompts, columns.pop("completion_ids"), columns)
+        return scores
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+
+    def __enter__(self) -> "RewardSet":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
