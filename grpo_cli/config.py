@@ -295,7 +295,7 @@ def _validate_process(cfg: GrpoConfig) -> None:
             raise ConfigError(f"reward.process.kwargs for {process.name}: {error}") from error
 
 
-def _validate_rewards(reward: RewardConfig) -> None:
+def validate_rewards(reward: RewardConfig) -> None:
     """Every function is built here (a user file is imported), so a bad name, path or argument
     fails before any model loads; functions holding a model are only checked for arguments."""
     from grpo_cli.rewards.catalog import IN_PROCESS, REWARDS, build, is_user_path
@@ -328,5 +328,5 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
     _validate_process(cfg)
-    _validate_rewards(cfg.reward)
+    validate_rewards(cfg.reward)
     return cfg

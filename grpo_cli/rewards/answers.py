@@ -38,14 +38,28 @@ def parse_reference(reference: str) -> tuple:
     return tuple(parsed)
 
 
+def parse_prediction(completion: str) -> list:
+    """The completion's final answer: the last `\\boxed{}`, else the last `Answer:` line (LaTeX
+    without `$` delimiters allowed, as DAPO's prompt asks for), else math-verify's own search
+    ("the answer is", then the last number)."""
+    from math_verify import parse
+
+    if "\\boxed" not in completion:
+        lines = _ANSWER_LINE.findall(completion)
+        if lines:
+            line = lines[-1].strip()
+            return parse(line, parsing_timeout=None) or parse(f"${line.strip('$ .')}$", parsing_timeout=None)
+    return parse(completion, parsing_timeout=None)
+
+
 def math_equal(completion: str, reference) -> bool:
     """True when the completion's final answer equals the reference (math-verify)."""
-    from math_verify import parse, verify
+    from math_verify import verify
 
     gold = parse_reference(str(reference).strip())
     if not gold:
         return False
-    return bool(verify(list(gold), parse(completion, parsing_timeout=None), timeout_seconds=None))
+    return bool(verify(list(gold), parse_prediction(completion), timeout_seconds=None))
 
 
 def math_answer(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
