@@ -55,12 +55,15 @@ class DataConfig:
     split: str = "train"
     eval_path: Optional[str] = None  # held-out prompts; None = no held-out evaluation
     eval_split: str = "test"
-    prompt_key: str = "question"
-    answer_key: str = "answer"
+    subset: Optional[str] = None  # hub configuration name (GSM8K: main)
+    prompt_key: str = "question"  # a column holding a chat message list is used as the messages
+    answer_key: str = "answer"  # reference column; dotted for nested fields (reward_model.ground_truth)
+    answer_pattern: Optional[str] = None  # regex; the last match's group 1 is the reference (GSM8K: ####)
     template: str = "{question}"  # user message, with {column} fields from the row
     chat_template: bool = True  # wrap in the tokenizer's chat template
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 512  # longer prompts are dropped and counted
+    dedupe: bool = False  # drop repeated prompts (DAPO-Math-17k repeats each about 100 times)
 
 
 @dataclass

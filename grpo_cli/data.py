@@ -2,10 +2,13 @@
 
 A local .jsonl file is read line by line (so errors name the line); .json, .parquet and .csv
 go through `datasets`' file builders; anything else is taken as a hub id for
-`datasets.load_dataset`. Each row's user message is the
-`template` with `{column}` fields filled from the row; with `chat_template` it is wrapped in
-the tokenizer's chat template (and the optional system prompt). Prompts longer than
-`max_prompt_tokens` are dropped and counted. The order of prompts for step s is a function of
+`datasets.load_dataset` (with `subset` as its configuration). Each row's user message is the
+`template` with `{column}` fields filled from the row, or, when the `prompt_key` column holds
+a chat message list (DAPO-Math-17k), those messages; with `chat_template` it is wrapped in the
+tokenizer's chat template (and the optional system prompt). The reference answer is read from
+`answer_key` (dotted for nested fields), optionally cut out by `answer_pattern`, and handed to
+the rewards as the `answer` column. Prompts longer than `max_prompt_tokens` are dropped and
+counted, and so are repeated prompts with `dedupe`. The order of prompts for step s is a function of
 (seed, s) alone, so a resumed run sees the same prompts as an uninterrupted one.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass
 
@@ -41,7 +45,7 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def load_rows(path: str, split: str) -> list[dict]:
+def load_rows(path: str, split: str, subset: str | None = None) -> list[dict]:
     """Every row of a local file or a hub data set split, as dicts."""
     import datasets
 
@@ -57,9 +61,10 @@ def load_rows(path: str, split: str) -> list[dict]:
             raise UserError(f"cannot read data file {path}: {str(error).splitlines()[0]}") from error
     else:
         try:
-            rows = datasets.load_dataset(path, split=split).to_list()
+            rows = datasets.load_dataset(path, subset, split=split).to_list()
         except Exception as error:  # hub, network and builder errors
-            raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]}") from error
+            raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]} "
+                            f"(a local file needs one of {', '.join(FILE_BUILDERS)})") from error
     if not rows:
         raise UserError(f"data {path} has no rows")
     return rows
@@ -67,6 +72,37 @@ def load_rows(path: str, split: str) -> list[dict]:
 
 def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def lookup(row: dict, key: str):
+    """row[key], following dots into nested objects; None when any part is missing."""
+    value = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "content" in m for m in value)
+
+
+def with_reference(row: dict, data_cfg, where: str) -> dict:
+    """The row plus its reference under `answer` (the original, if replaced, as `answer_raw`)."""
+    value = lookup(row, data_cfg.answer_key)
+    if value is None:
+        raise UserError(f"{where} has no column {data_cfg.answer_key!r} (columns: {', '.join(row)}); "
+                        f"fix data.answer_key or the file")
+    if data_cfg.answer_pattern:
+        found = re.findall(data_cfg.answer_pattern, str(value))
+        if not found:
+            raise UserError(f"{where}: answer {str(value)[-60:]!r} has no match for data.answer_pattern="
+                            f"{data_cfg.answer_pattern!r}; fix the pattern or the row")
+        value = found[-1].strip()
+    out = dict(row)
+    if "answer" in row and row["answer"] != value:
+        out["answer_raw"] = row["answer"]
+    out["answer"] = value
+    return out
 
 
 class PromptRenderer:
@@ -79,11 +115,12 @@ class PromptRenderer:
             raise UserError("the tokenizer has no chat template; set data.chat_template=false")
 
     def text(self, row: dict) -> str:
-        user = self.cfg.template.format_map(row)
+        given = lookup(row, self.cfg.prompt_key)
+        messages = list(given) if is_messages(given) else [{"role": "user", "content": self.cfg.template.format_map(row)}]
         if not self.cfg.chat_template:
-            return user
-        messages = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
-        messages.append({"role": "user", "content": user})
+            return "\n\n".join(m["content"] for m in messages)
+        if self.cfg.system_prompt and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def ids(self, text: str) -> list[int]:
@@ -98,6 +135,7 @@ class PromptSet:
     prompts: list[str]
     examples: list[dict]
     dropped_too_long: int
+    dropped_duplicates: int = 0
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -110,17 +148,25 @@ class PromptSet:
 
 def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> PromptSet:
     """Read, check the columns the template and rewards need, render and tokenize."""
-    rows = load_rows(path, split)
-    needed = set(template_fields(data_cfg.template)) | {data_cfg.answer_key}
+    rows = load_rows(path, split, data_cfg.subset)
+    fields = template_fields(data_cfg.template)
+    checked = []
     for line, row in enumerate(rows, start=1):
-        missing = sorted(key for key in needed if row.get(key) is None)
-        if missing:
-            raise UserError(f"{path}: row {line} has no column {missing[0]!r} (columns: {', '.join(row)}); "
-                            f"fix data.template / data.answer_key or the file")
+        where = f"{path}: row {line}"
+        if not is_messages(lookup(row, data_cfg.prompt_key)):
+            missing = sorted(key for key in fields if row.get(key) is None)
+            if missing:
+                raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(row)}); "
+                                f"fix data.template / data.prompt_key or the file")
+        checked.append(with_reference(row, data_cfg, where))
     renderer = PromptRenderer(data_cfg, tokenizer)
-    kept = PromptSet([], [], [], 0)
-    for row in rows[:limit] if limit else rows:
+    kept, seen = PromptSet([], [], [], 0), set()
+    for row in checked[:limit] if limit else checked:
         text = renderer.text(row)
+        if data_cfg.dedupe and text in seen:
+            kept.dropped_duplicates += 1
+            continue
+        seen.add(text)
         ids = renderer.ids(text)
         if len(ids) > data_cfg.max_prompt_tokens:
             kept.dropped_too_long += 1

@@ -73,10 +73,21 @@ def make_sampler(cfg, weights_path: str, tokenizer, device: torch.device):
         batch_size=cfg.sampler.batch_size, trust_remote_code=cfg.model.trust_remote_code, sampler_cfg=cfg.sampler)
 
 
+def load_and_report(path: str, split: str, cfg, tokenizer, limit: int = 0):
+    """load_prompts, saying on the console how many prompts were dropped and why."""
+    from grpo_cli.metrics import console
+
+    prompts = load_prompts(path, split, cfg.data, tokenizer, limit=limit)
+    if prompts.dropped_too_long or prompts.dropped_duplicates:
+        console.print(f"{path}: {len(prompts)} prompts; dropped {prompts.dropped_too_long} over "
+                      f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} and {prompts.dropped_duplicates} duplicates")
+    return prompts
+
+
 def load_eval_prompts(cfg, tokenizer):
     if cfg.data.eval_path is None:
         return None
-    return load_prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer, limit=cfg.eval.num_prompts)
+    return load_and_report(cfg.data.eval_path, cfg.data.eval_split, cfg, tokenizer, limit=cfg.eval.num_prompts)
 
 
 def preflight(cfg) -> None:
@@ -107,7 +118,7 @@ def build(cfg, policy_path: str):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
-    train_prompts = load_prompts(cfg.data.path, cfg.data.split, cfg.data, tokenizer)
+    train_prompts = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
     eval_prompts = load_eval_prompts(cfg, tokenizer)
     rewards = RewardSet(cfg.reward, tokenizer)
     sampler = make_sampler(cfg, policy_path, tokenizer, device)

@@ -1,5 +1,6 @@
 """Prompt loading on real files: the shipped split, GSM8K from ../shared/data, bad rows."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,64 @@ def test_step_indices_walk_seeded_epochs_without_repeats():
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert step_indices(10, 4, 2, seed=3) == step_indices(10, 4, 2, seed=3)
     assert step_indices(10, 4, 0, seed=3) != step_indices(10, 4, 0, seed=4)
+
+
+needs_shared = pytest.mark.skipif(not (SHARED / "gsm8k" / "test.jsonl").is_file(), reason="needs ../shared/data")
+
+
+@needs_shared
+def test_gsm8k_config_on_the_local_files(make_cfg, tokenizer):
+    cfg = make_cfg("data=gsm8k", f"data.path={SHARED}/gsm8k/train.jsonl", f"data.eval_path={SHARED}/gsm8k/test.jsonl")
+    prompts = load_prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer)
+    # The tiny model's tokenizer is close to character level, so a few long problems pass 512.
+    assert len(prompts) + prompts.dropped_too_long == 1319 and len(prompts) > 1200
+    first = prompts.examples[0]
+    assert first["answer"] == "18" and first["answer_raw"].endswith("#### 18")
+    assert "put your final answer within \\boxed{}" in prompts.prompts[0]
+
+
+@needs_shared
+@pytest.mark.parametrize("name, rows", [("aime24", 30), ("amc23", 40)])
+def test_evaluation_configs_take_a_local_file_with_one_override(make_cfg, tokenizer, name, rows):
+    cfg = make_cfg(f"data={name}", f"data.path={SHARED}/{name}/test.jsonl")
+    assert cfg.data.eval_path == cfg.data.path
+    prompts = load_prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer)
+    assert len(prompts) == rows and prompts.dropped_too_long == 0
+    assert all(example["answer"] is not None for example in prompts.examples)
+
+
+def test_dapo_math_schema_rows_are_deduplicated(make_cfg, tokenizer, tmp_path):
+    path = tmp_path / "dapo.jsonl"
+    lines = []
+    for copy in range(3):
+        for i, truth in enumerate(["34", "7", "-2"]):
+            lines.append(json.dumps({
+                "data_source": "math_dapo", "ability": "MATH",
+                "prompt": [{"role": "user", "content": f"Solve problem {i}. The last line of your response should be "
+                                                       f"of the form Answer: $Answer"}],
+                "reward_model": {"ground_truth": truth, "style": "rule-lighteval/MATH_v2"},
+                "extra_info": {"index": f"{i}-{copy}"}}))
+    path.write_text("\n".join(lines) + "\n")
+    cfg = make_cfg("data=dapo_math", f"data.path={path}")
+    prompts = load_prompts(cfg.data.path, cfg.data.split, cfg.data, tokenizer)
+    assert len(prompts) == 3 and prompts.dropped_duplicates == 6
+    assert [example["answer"] for example in prompts.examples] == ["34", "7", "-2"]
+    assert prompts.prompts[0] == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Solve problem 0. The last line of your response should be of the form "
+                                     "Answer: $Answer"}], add_generation_prompt=True, tokenize=False)
+
+
+def test_answer_pattern_without_a_match_names_the_row(make_cfg, tokenizer, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "q1", "answer": "so #### 4"}\n{"question": "q2", "answer": "no marker"}\n')
+    cfg = make_cfg("data=gsm8k", f"data.path={path}")
+    with pytest.raises(UserError, match=r"rows.jsonl: row 2: answer 'no marker' has no match for data.answer_pattern"):
+        load_prompts(str(path), "train", cfg.data, tokenizer)
+
+
+def test_nested_answer_key_missing_names_the_column(make_cfg, tokenizer, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": [{"role": "user", "content": "q"}], "reward_model": {"style": "rule"}}\n')
+    cfg = make_cfg("data=dapo_math", f"data.path={path}")
+    with pytest.raises(UserError, match=r"row 1 has no column 'reward_model.ground_truth'"):
+        load_prompts(str(path), "train", cfg.data, tokenizer)
