@@ -1,4 +1,4 @@
-"""`grpo` command line: train and eval.
+"""`grpo` command line: train, eval and score.
 
 The configuration is composed before torch is imported, so `--help` and `--cfg job` are
 instant and a bad key fails in a second. A user error prints one line and exits with 2;
@@ -19,6 +19,8 @@ commands:
           on the CPU, arithmetic task, a few minutes)
   eval    score a model on held-out prompts: accuracy (mean@k) and pass@k
           grpo eval [checkpoint=PATH] [output=FILE.json] [eval.k=8] [data=...]
+  score   run the configured rewards on your own completions and summarise them
+          grpo score completions=FILE.jsonl [output=OUT.jsonl] [reward=...] [data.answer_key=...]
 
 configuration (Hydra): groups algorithm=, model=, reward=, sampler=, data=, trainer=;
 any key with dotted paths (trainer.steps=50 sampler.n=16); +recipe=NAME for a whole
@@ -34,10 +36,22 @@ examples:
   grpo train algorithm=grpo trainer.steps=40 output_dir=runs/short
   grpo train +recipe=dapo_math sampler.n=16
   grpo eval checkpoint=runs/short/checkpoints/step_40 output=eval.json
+  grpo score completions=samples.jsonl output=scored.jsonl reward=math
 """
 
-# `grpo eval checkpoint=... output=...` are short for the eval.* keys.
-EVAL_ALIASES = {"checkpoint": "eval.checkpoint", "output": "eval.output"}
+# `grpo eval checkpoint=... output=...` and `grpo score completions=... output=...` are short
+# for that command's keys.
+ALIASES = {"eval": {"checkpoint": "eval.checkpoint", "output": "eval.output"},
+           "score": {"completions": "score.completions", "output": "score.output"}}
+
+
+def _expand_aliases(command: str, overrides: list[str]) -> list[str]:
+    aliases = ALIASES.get(command, {})
+    expanded = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        expanded.append(f"{aliases[key]}={value}" if sep and key in aliases else item)
+    return expanded
 
 
 def _split_flags(args: list[str]) -> tuple[list[str], dict]:
@@ -61,22 +75,18 @@ def _split_flags(args: list[str]) -> tuple[list[str], dict]:
 
 
 def _eval_overrides(overrides: list[str]) -> list[str]:
-    """Expand the aliases, and put the trained run's own overrides first so that a
-    checkpoint is scored on the data and rewards it was trained with."""
+    """Put the trained run's own overrides first so that a checkpoint is scored on the data
+    and rewards it was trained with."""
     import yaml
 
-    expanded = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        expanded.append(f"{EVAL_ALIASES[key]}={value}" if sep and key in EVAL_ALIASES else item)
-    checkpoint = next((o.split("=", 1)[1] for o in expanded if o.startswith("eval.checkpoint=")), None)
+    checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("eval.checkpoint=")), None)
     run_overrides = Path(checkpoint or "", "..", "..", "overrides.yaml") if checkpoint else None
     if run_overrides is None or not run_overrides.is_file():
-        return expanded
-    given = {o.split("=", 1)[0].lstrip("+~") for o in expanded}
+        return overrides
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     inherited = [o for o in yaml.safe_load(run_overrides.read_text()) or []
                  if o.split("=", 1)[0].lstrip("+~") not in given | {"output_dir", "resume", "overwrite"}]
-    return inherited + expanded
+    return inherited + overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +120,7 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
     from grpo_cli.compose import compose, to_object, to_yaml
     from grpo_cli.config import validate
 
+    overrides = _expand_aliases(command, overrides)
     if command == "eval":
         overrides = _eval_overrides(overrides)
     node = compose(overrides)
@@ -158,7 +169,29 @@ def eval_command(cfg, config_yaml: str, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command}
+def score_command(cfg, config_yaml: str, overrides: list[str]) -> int:
+    from grpo_cli.config import UserError
+    from grpo_cli.metrics import console, results_table
+    from grpo_cli.runtime import load_tokenizer
+    from grpo_cli.score import score_file, write_rows
+
+    if not cfg.score.completions:
+        raise UserError("grpo score needs completions=FILE.jsonl (rows with prompt, completion and the answer column)")
+    output = cfg.score.output or str(Path(cfg.score.completions).with_suffix("")) + ".scored.jsonl"
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)  # token counts for length rewards
+    rows, summaries = score_file(cfg, tokenizer)
+    write_rows(output, rows)
+    table = {name: summary.row() for name, summary in summaries.items()}
+    totals = [row["reward"] for row in rows if row["reward"] is not None]
+    table["reward (weighted)"] = {"mean": sum(totals) / len(totals) if totals else float("nan"),
+                                  "none": 1 - len(totals) / len(rows), "errors": "", "slowest calls (s)": "",
+                                  "first error": ""}
+    console.print(results_table(f"rewards on {len(rows)} completions from {cfg.score.completions}", table))
+    console.print(f"wrote {output}")
+    return 0
+
+
+COMMANDS = {"train": train_command, "eval": eval_command, "score": score_command}
 
 
 if __name__ == "__main__":

@@ -155,6 +155,12 @@ class EvalConfig:
 
 
 @dataclass
+class ScoreConfig:
+    completions: Optional[str] = None  # grpo score: JSON lines with prompt, completion and the answer column
+    output: Optional[str] = None  # grpo score: the rows with their rewards; None = <completions>.scored.jsonl
+
+
+@dataclass
 class GrpoConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -163,6 +169,7 @@ class GrpoConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     output_dir: str = "runs/${algorithm.name}"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -108,9 +108,15 @@ class RewardWorkers:
         # Only user functions can be async; building one here imports the user's module once.
         self.is_async = [spec is not None and is_user_path(spec[0]) and inspect.iscoroutinefunction(build(*spec))
                          for spec in specs]
-        # spawn: the trainer holds torch threads (and maybe CUDA), which a fork would copy half-alive.
-        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(specs,),
-                                context=multiprocessing.get_context("spawn"))
+        # forkserver, not fork: the trainer holds torch threads (and maybe CUDA), which a fork
+        # would copy half-alive. The server preloads this module, so a worker that replaces a
+        # killed one starts in milliseconds instead of re-importing everything.
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["grpo_cli.rewards.workers"])
+        else:  # Windows
+            context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(specs,), context=context)
 
     def run(self, index: int, prompts: list, completions: list, columns: dict) -> CallReport:
         report = CallReport(values=[None] * len(completions))

@@ -1,0 +1,97 @@
+"""`grpo score`: the configured rewards on a user's own completions, before any GPU hour.
+
+Reads JSON lines with `prompt`, `completion` and the data's answer column (`data.answer_key`,
+cut by `data.answer_pattern` as in training), runs the rewards exactly as training does
+(worker processes, time limit, None for no opinion), writes every row back with `reward`
+(the weighted total, or null) and each function's value under its own name, and prints a
+summary: mean, share of None, errors with the first message, and the slowest calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from grpo_cli.config import UserError
+from grpo_cli.data import lookup, read_jsonl, with_reference
+
+CHUNK = 512  # rows per scoring pass: bounds memory, keeps the progress line moving
+
+
+@dataclass
+class FunctionSummary:
+    values: list[float | None] = field(default_factory=list)
+    errors: int = 0
+    first_error: str | None = None
+    call_seconds: list[float] = field(default_factory=list)
+
+    def row(self) -> dict:
+        known = [v for v in self.values if v is not None]
+        slowest = sorted(self.call_seconds, reverse=True)[:3]
+        return {"mean": sum(known) / len(known) if known else float("nan"),
+                "none": 1 - len(known) / max(1, len(self.values)), "errors": self.errors,
+                "slowest calls (s)": ", ".join(f"{s:.2f}" for s in slowest), "first error": self.first_error or ""}
+
+
+def read_completions(path: str, data_cfg) -> list[dict]:
+    """Rows with a prompt and a completion; the reference under `answer` where the row has one."""
+    if not os.path.isfile(path):
+        raise UserError(f"completions file {path} does not exist; pass completions=FILE.jsonl")
+    rows = read_jsonl(path)
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    out = []
+    for line, row in enumerate(rows, start=1):
+        for key in ("prompt", "completion"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{path}: row {line} has no text column {key!r} (columns: {', '.join(row)}); "
+                                f"every row needs prompt and completion")
+        has_reference = lookup(row, data_cfg.answer_key) is not None
+        out.append(with_reference(row, data_cfg, f"{path}: row {line}") if has_reference else dict(row))
+    return out
+
+
+def columns_of(rows: list[dict], tokenizer) -> dict[str, list]:
+    keys = sorted({key for row in rows for key in row} - {"prompt", "completion"})
+    columns = {key: [row.get(key) for row in rows] for key in keys}
+    columns.setdefault("answer", [None] * len(rows))
+    columns["completion_ids"] = [tokenizer(row["completion"], add_special_tokens=False)["input_ids"] for row in rows]
+    return columns
+
+
+def score_file(cfg, tokenizer) -> tuple[list[dict], dict[str, FunctionSummary]]:
+    """Score every row; returns the rows with their rewards and a summary per function."""
+    from grpo_cli.rewards.scoring import RewardSet
+
+    rows = read_completions(cfg.score.completions, cfg.data)
+    summaries: dict[str, FunctionSummary] = {}
+    with RewardSet(cfg.reward, tokenizer) as rewards:
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            scores = rewards.score_texts([r["prompt"] for r in chunk], [r["completion"] for r in chunk],
+                                         columns_of(chunk, tokenizer))
+            for name in rewards.names:
+                summary = summaries.setdefault(name, FunctionSummary())
+                report = rewards.reports[name]
+                summary.values.extend(report.values)
+                summary.errors += report.errors
+                summary.first_error = summary.first_error or report.first_error
+                summary.call_seconds.extend(report.call_seconds)
+            for row, total in zip(chunk, scores.total.tolist()):
+                row["reward"] = None if math.isnan(total) else total
+        for name, summary in summaries.items():
+            for row, value in zip(rows, summary.values):
+                row[name] = value
+    return rows, summaries
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """Atomically: a partial file never replaces a previous one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
