@@ -18,7 +18,7 @@ import json
 import os
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -114,9 +114,12 @@ class PromptRenderer:
         if data_cfg.chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError("the tokenizer has no chat template; set data.chat_template=false")
 
-    def text(self, row: dict) -> str:
+    def messages(self, row: dict) -> list[dict]:
         given = lookup(row, self.cfg.prompt_key)
-        messages = list(given) if is_messages(given) else [{"role": "user", "content": self.cfg.template.format_map(row)}]
+        return list(given) if is_messages(given) else [{"role": "user", "content": self.cfg.template.format_map(row)}]
+
+    def text(self, messages: list[dict]) -> str:
+        messages = list(messages)
         if not self.cfg.chat_template:
             return "\n\n".join(m["content"] for m in messages)
         if self.cfg.system_prompt and messages[0].get("role") != "system":
@@ -136,6 +139,7 @@ class PromptSet:
     examples: list[dict]
     dropped_too_long: int
     dropped_duplicates: int = 0
+    messages: list[list[dict]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -143,7 +147,8 @@ class PromptSet:
     def take(self, index: list[int]) -> PromptBatch:
         return PromptBatch(prompt_ids=[self.prompt_ids[i] for i in index],
                            prompts=[self.prompts[i] for i in index],
-                           examples=[self.examples[i] for i in index])
+                           examples=[self.examples[i] for i in index],
+                           messages=[self.messages[i] for i in index] if self.messages else [])
 
 
 def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> PromptSet:
@@ -162,7 +167,8 @@ def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> 
     renderer = PromptRenderer(data_cfg, tokenizer)
     kept, seen = PromptSet([], [], [], 0), set()
     for row in checked[:limit] if limit else checked:
-        text = renderer.text(row)
+        messages = renderer.messages(row)
+        text = renderer.text(messages)
         if data_cfg.dedupe and text in seen:
             kept.dropped_duplicates += 1
             continue
@@ -174,6 +180,7 @@ def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> 
         kept.prompt_ids.append(ids)
         kept.prompts.append(text)
         kept.examples.append(row)
+        kept.messages.append(messages)
     if not kept.examples:
         raise UserError(f"{path}: every prompt is longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
     return kept

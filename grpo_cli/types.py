@@ -35,11 +35,14 @@ class PromptBatch:
     prompt_ids: list of B token-id lists (unpadded, as the tokenizer produced them).
     prompts: list of B prompt strings (rendered, for reward functions that want the text).
     examples: list of B raw data rows (answer and any other columns).
+    messages: list of B chat message lists the prompts were rendered from (for reward models
+              that apply their own chat template); empty when unknown.
     """
 
     prompt_ids: list[list[int]]
     prompts: list[str]
     examples: list[dict[str, Any]]
+    messages: list[list[dict]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)

@@ -19,6 +19,14 @@ from typing import Callable
 from grpo_cli.rewards.answers import dapo_math, math_answer, math_equal
 from grpo_cli.rewards.builtin import RewardFn, final_answer, format_reward, language, length, overlong
 
+def reward_model(model: str, batch_size: int = 8, max_length: int = 4096, device: str = "auto",
+                 dtype: str = "auto", trust_remote_code: bool = False) -> RewardFn:
+    """A Hugging Face sequence-classification reward model (hub id or folder): its logit."""
+    from grpo_cli.rewards.model import HFRewardModel  # torch and transformers: only when used
+
+    return HFRewardModel(model, batch_size, max_length, device, dtype, trust_remote_code)
+
+
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "final_answer": final_answer,
     "overlong": overlong,
@@ -27,6 +35,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "format": format_reward,
     "length": length,
     "language": language,
+    "reward_model": reward_model,
 }
 
 # Built-ins that hold a model: they run in the trainer's process, on its device, not in workers.

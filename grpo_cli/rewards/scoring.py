@@ -82,6 +82,8 @@ class RewardSet:
         index = rollouts.group_ids.tolist()
         prompts = [batch.prompts[i] for i in index]
         columns = {key: [batch.examples[i].get(key) for i in index] for key in batch.examples[0]}
+        if batch.messages:
+            columns["messages"] = [batch.messages[i] for i in index]
         columns["completion_ids"] = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
                                                                  rollouts.completion_lengths.tolist())]
         scores = self.score_texts(prompts, rollouts.completions, columns)
