@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -286,6 +287,17 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(batch % minis == 0, f"algorithm.mini_batches={minis} must divide trainer.prompts_per_step x sampler.n = {batch}")
 
 
+def _validate_data(data: DataConfig) -> None:
+    if data.answer_pattern is not None:
+        try:
+            groups = re.compile(data.answer_pattern).groups
+        except re.error as error:
+            raise ConfigError(f"data.answer_pattern={data.answer_pattern!r} is not a regular expression: {error}") from error
+        _require(groups <= 1, f"data.answer_pattern={data.answer_pattern!r} has {groups} groups; "
+                              f"give one group around the answer")
+    _require(data.max_prompt_tokens > 0, f"data.max_prompt_tokens={data.max_prompt_tokens} must be > 0")
+
+
 def _validate_process(cfg: GrpoConfig) -> None:
     from grpo_cli.rewards.process import PROCESS_REWARDS
 
@@ -337,6 +349,7 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _validate_trainer(cfg)
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    _validate_data(cfg.data)
     _validate_process(cfg)
     validate_rewards(cfg.reward)
     return cfg

@@ -125,3 +125,25 @@ def test_nested_answer_key_missing_names_the_column(make_cfg, tokenizer, tmp_pat
     cfg = make_cfg("data=dapo_math", f"data.path={path}")
     with pytest.raises(UserError, match=r"row 1 has no column 'reward_model.ground_truth'"):
         load_prompts(str(path), "train", cfg.data, tokenizer)
+
+
+@pytest.mark.parametrize("extension", ["parquet", "csv", "json"])
+def test_parquet_csv_and_json_files_load_like_jsonl(make_cfg, tokenizer, tmp_path, extension):
+    import datasets
+
+    rows = [{"question": f"{a}+{b}", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    path = tmp_path / f"rows.{extension}"
+    table = datasets.Dataset.from_list(rows)
+    {"parquet": table.to_parquet, "csv": table.to_csv, "json": table.to_json}[extension](str(path))
+    prompts = load_prompts(str(path), "train", make_cfg().data, tokenizer)
+    assert [e["question"] for e in prompts.examples] == ["1+2", "3+4", "5+6"]
+    assert [str(e["answer"]) for e in prompts.examples] == ["3", "7", "11"]
+
+
+def test_answer_pattern_must_be_a_regex_with_one_group(make_cfg):
+    from grpo_cli.config import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a regular expression"):
+        make_cfg("data.answer_pattern='(unclosed'")
+    with pytest.raises(ConfigError, match="has 2 groups"):
+        make_cfg("data.answer_pattern='(a)(b)'")
