@@ -1,5 +1,7 @@
 """User reward functions in worker processes: raising and hanging rows cost only their reward."""
 
+import math
+
 import pytest
 
 from grpo_cli.config import ConfigError, RewardConfig, RewardFunctionConfig
@@ -62,7 +64,7 @@ def test_raising_rows_lose_their_reward_and_nothing_else(user_file, workers):
     expected_failed = [i % 10 == 0 or (workers and i in (3, 17)) for i in range(40)]
     assert scores.failed["flaky"].tolist() == expected_failed
     for i, value in enumerate(scores.components["flaky"].tolist()):
-        assert (value != value) if expected_failed[i] else value == len(completions[i])
+        assert math.isnan(value) if expected_failed[i] else value == len(completions[i])
     assert report.errors == sum(expected_failed)
     assert report.first_error.startswith("ValueError: cannot score answer") or "timed out" in report.first_error
 
