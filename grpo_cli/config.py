@@ -320,7 +320,7 @@ def _validate_process(cfg: GrpoConfig) -> None:
 def validate_rewards(reward: RewardConfig) -> None:
     """Every function is built here (a user file is imported), so a bad name, path or argument
     fails before any model loads; functions holding a model are only checked for arguments."""
-    from grpo_cli.rewards.catalog import IN_PROCESS, REWARDS, build, is_user_path
+    from grpo_cli.rewards.catalog import IN_PROCESS, REWARDS, build, is_user_path, load_user_function
 
     _require(len(reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
     _require(reward.workers >= 0, f"reward.workers={reward.workers} must be >= 0 (0: no worker processes)")
@@ -330,6 +330,11 @@ def validate_rewards(reward: RewardConfig) -> None:
         _require(is_user_path(fn.name) or fn.name in REWARDS,
                  f"reward.functions[{i}].name={fn.name!r} is not a reward: use one of {', '.join(sorted(REWARDS))}, "
                  f"or module:function / file.py:function")
+        if is_user_path(fn.name):
+            try:
+                load_user_function(fn.name)
+            except ValueError as error:
+                raise ConfigError(f"reward.functions[{i}].name={fn.name!r}: {error}") from error
         try:
             if fn.name in IN_PROCESS:
                 inspect.signature(REWARDS[fn.name]).bind(**dict(fn.kwargs))

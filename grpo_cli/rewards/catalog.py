@@ -60,8 +60,10 @@ def is_user_path(name: str) -> bool:
     return ":" in name
 
 
+@functools.lru_cache(maxsize=None)
 def load_user_function(name: str) -> Callable:
-    """`module:function` or `file.py:function` -> the function; ValueError naming the problem."""
+    """`module:function` or `file.py:function` -> the function; ValueError naming the problem.
+    Cached: a user's module runs once per process, however often its function is named."""
     target, _, attribute = name.rpartition(":")
     if target.endswith(".py"):
         if not os.path.isfile(target):
