@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     from grpo_cli.config import UserError
+    from grpo_cli.shutdown import RunStopped
 
     try:
         return _run(command, overrides, flags)
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:
+        print(str(stopped), file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -142,6 +142,7 @@ class TrainerConfig:
     save_every: int = 0  # 0 = only at the end
     eval_every: int = 0  # 0 = only before and after training
     keep_last: int = 0  # 0 = keep every checkpoint
+    max_nonfinite_steps: int = 3  # stop after this many steps in a row with a NaN / inf loss or gradient
 
 
 @dataclass
@@ -280,6 +281,8 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
     _require(t.schedule in ("constant", "linear", "cosine"), f"trainer.schedule={t.schedule!r}: use constant, linear or cosine")
     _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
+    _require(cfg.trainer.max_nonfinite_steps >= 1,
+             f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
     for key in ("save_every", "eval_every", "keep_last"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
     batch = t.prompts_per_step * cfg.sampler.n

@@ -174,9 +174,13 @@ class Learner:
         norm = self.batch_norm(batch)
         metrics = self.accumulate_gradients(batch, norm)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
-        if norm.num_tokens > 0:
+        # A NaN or inf would poison the weights and Adam's moments for good: skip the update.
+        finite = bool(torch.isfinite(grad_norm)) and all(math.isfinite(v) for v in metrics.values())
+        if norm.num_tokens > 0 and finite:
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        metrics["update/nonfinite"] = 0.0 if finite else 1.0
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics

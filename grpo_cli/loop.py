@@ -21,6 +21,7 @@ from grpo_cli.data import PromptSet, step_indices
 from grpo_cli.evaluate import EvalResult, evaluate
 from grpo_cli.learner import Learner
 from grpo_cli.rewards.scoring import RewardSet
+from grpo_cli.shutdown import RunStopped, StopRequest
 from grpo_cli.sampler import SamplingParams
 from grpo_cli.types import Rollouts, Scores, TrainBatch
 
@@ -211,6 +212,29 @@ def is_due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def check_nonfinite(cfg, step: int, in_a_row: int, record: dict, saved) -> None:
+    """Say that a step's update was skipped; stop after trainer.max_nonfinite_steps in a row."""
+    from grpo_cli.metrics import console
+
+    if in_a_row == 0:
+        return
+    console.print(f"[yellow]warning:[/] step {step}: non-finite loss or gradient (grad_norm={record.get('grad_norm')}); "
+                  f"update skipped. Likely: learning rate too high, float16 overflow, or an infinite reward")
+    if in_a_row >= cfg.trainer.max_nonfinite_steps:
+        raise RunStopped(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or gradient "
+                         f"(trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps}); lower trainer.lr or use "
+                         f"model.dtype=bfloat16, then resume from {saved or 'the start'}", exit_code=3)
+
+
+def stop_now(run: Run, step: int, base_eval, saved, received) -> None:
+    """After a SIGINT / SIGTERM: make sure this step is saved, say how to resume, stop."""
+    if saved is None or not str(saved).endswith(f"step_{step}"):
+        saved = save_checkpoint(run, step, base_eval)
+    raise RunStopped(f"{received.name}: stopped after step {step}; checkpoint: {saved}\n"
+                     f"resume with: grpo train output_dir={run.cfg.output_dir} resume=auto (and the same overrides)",
+                     exit_code=128 + int(received))
+
+
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
     from grpo_cli.runtime import build, preflight, prepare_run_dir
@@ -239,8 +263,8 @@ def run_steps(run: Run, run_dir, resume_from) -> dict:
         metrics.write({"step": 0, **eval_record(base_eval)})
     else:
         console.print(f"resuming from {resume_from}: step {start} of {cfg.trainer.steps}")
-    final_eval, saved = base_eval, resume_from
-    with ProgressBar(total=cfg.trainer.steps, start=start) as bar:
+    final_eval, saved, nonfinite = base_eval, resume_from, 0
+    with metrics, ProgressBar(total=cfg.trainer.steps, start=start) as bar, StopRequest() as stop:
         for step in range(start + 1, cfg.trainer.steps + 1):
             record = {"step": step, **train_step(run, step - 1)}
             record["loss"] = record["loss/total"]
@@ -251,7 +275,10 @@ def run_steps(run: Run, run_dir, resume_from) -> dict:
             bar.update(step, record)
             if is_due(cfg.trainer.save_every, step) or step == cfg.trainer.steps:
                 saved = save_checkpoint(run, step, base_eval)
-    metrics.close()
+            nonfinite = nonfinite + 1 if record.get("update/nonfinite", 0.0) > 0 else 0
+            check_nonfinite(cfg, step, nonfinite, record, saved)
+            if stop.received is not None:
+                stop_now(run, step, base_eval, saved, stop.received)
     return {"run_dir": str(run_dir), "checkpoint": None if saved is None else str(saved),
             "base": None if base_eval is None else base_eval.to_dict(),
             "final": None if final_eval is None else final_eval.to_dict(), "steps": cfg.trainer.steps}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -27,9 +28,12 @@ class MetricsFile:
     def __init__(self, path: Path, keep_through: int):
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_through]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None
+                    and _step_of(line) <= keep_through]
+            # Rewritten beside and renamed: a kill here leaves the old file, never half of it.
+            partial = path.with_suffix(".jsonl.partial")
+            partial.write_text("".join(line + "\n" for line in kept))
+            os.replace(partial, path)
         self.handle = path.open("a")
 
     def write(self, record: dict) -> None:
@@ -38,6 +42,20 @@ class MetricsFile:
 
     def close(self) -> None:
         self.handle.close()
+
+    def __enter__(self) -> "MetricsFile":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line; None for a blank line or one torn by a kill mid-write."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
 
 
 class ProgressBar:

@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import math
 import multiprocessing
+import signal
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ def checked(values, rows: int) -> list[float | None]:
     for value in values:
         if value is not None and not isinstance(value, (int, float)) and not hasattr(value, "item"):
             raise TypeError(f"returned a {type(value).__name__}; give floats or None")
+        if value is not None and math.isinf(float(value)):
+            raise ValueError("returned an infinite value; give a finite float, or None for no opinion")
         out.append(None if value is None or math.isnan(float(value)) else float(value))
     return out
 
@@ -85,6 +88,8 @@ def call_rows(function: Callable, prompts: list, completions: list, columns: dic
 def _start(specs: list[tuple[str, dict] | None]) -> None:
     """Worker initialiser; None marks a function that runs in the trainer's process."""
     global _FUNCTIONS
+    # Ctrl-C reaches the whole process group; the trainer decides when to stop, not a worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _FUNCTIONS = [None if spec is None else build(*spec) for spec in specs]
 
 
