@@ -19,6 +19,8 @@ commands:
           on the CPU, arithmetic task, a few minutes)
   eval    score a model on held-out prompts: accuracy (mean@k) and pass@k
           grpo eval [checkpoint=PATH] [output=FILE.json] [eval.k=8] [data=...]
+  validate  check a training config, its model, data and rewards without training
+            grpo validate [the same overrides as train]
   score   run the configured rewards on your own completions and summarise them
           grpo score completions=FILE.jsonl [output=OUT.jsonl] [reward=...] [data.answer_key=...]
 
@@ -195,7 +197,17 @@ def score_command(cfg, config_yaml: str, overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command, "score": score_command}
+def validate_command(cfg, config_yaml: str, overrides: list[str]) -> int:
+    from grpo_cli.metrics import console
+    from grpo_cli.runtime import dry_run
+
+    for line in dry_run(cfg, config_yaml):
+        console.print(line)
+    console.print("ok: grpo train with these overrides would start")
+    return 0
+
+
+COMMANDS = {"train": train_command, "eval": eval_command, "score": score_command, "validate": validate_command}
 
 
 if __name__ == "__main__":

@@ -43,11 +43,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def require_local_model(path: str) -> None:
+    """An absolute or ./ path is a folder on this machine, never a hub id: say so if it is missing."""
+    if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
+        raise UserError(f"model path {path} does not exist; set model.name_or_path to a folder or hub id")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    if os.path.isabs(path) and not os.path.isdir(path):
-        raise UserError(f"model path {path} does not exist; set model.name_or_path to a folder or hub id")
+    require_local_model(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -96,13 +101,19 @@ def preflight(cfg) -> None:
     pick_device(cfg.device)
 
 
-def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
-    """Create the run folder; refuse one that holds a different run unless resuming or overwriting."""
+def check_run_dir(cfg, config_yaml: str) -> Path:
     run_dir = Path(cfg.output_dir)
     saved = run_dir / "config.yaml"
     if saved.exists() and cfg.resume is None and not cfg.overwrite and saved.read_text() != config_yaml:
         raise UserError(f"{run_dir} holds another run's config; pass resume=auto to continue it, "
                         f"overwrite=true to reuse the folder, or a new output_dir")
+    return run_dir
+
+
+def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
+    """Create the run folder; refuse one that holds a different run unless resuming or overwriting."""
+    run_dir = check_run_dir(cfg, config_yaml)
+    saved = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(config_yaml)
     (run_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
@@ -151,3 +162,44 @@ def run_evaluation(cfg, evaluate):
     with RewardSet(outcome_only) as rewards:
         result = evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2))
     return result, weights
+
+
+def check_model(path: str, trust_remote_code: bool) -> str:
+    """The model's config loads (no weights): a wrong path or hub id fails here, in a second."""
+    from transformers import AutoConfig
+
+    require_local_model(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the model config of {path!r}: {str(error).splitlines()[0]}; "
+                        f"set model.name_or_path to a folder or hub id") from error
+    return f"{config.model_type}, {getattr(config, 'num_hidden_layers', '?')} layers"
+
+
+def dry_run(cfg, config_yaml: str) -> list[str]:
+    """Everything `grpo train` checks before its first step, without a folder or a model's
+    weights: the sampler and device, the run folder, the resume point, the model, both data
+    splits and the rewards (started, and called once on two prompts with an empty completion)."""
+    from grpo_cli.checkpoint import find_resume_point
+
+    preflight(cfg)
+    check_run_dir(cfg, config_yaml)
+    resume_from = find_resume_point(cfg.output_dir, cfg.resume)
+    model_path = str(resume_from) if resume_from else cfg.model.name_or_path
+    lines = [f"model {model_path}: {check_model(model_path, cfg.model.trust_remote_code)}"]
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    train = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
+    lines.append(f"train data {cfg.data.path}: {len(train)} prompts")
+    held_out = load_eval_prompts(cfg, tokenizer)
+    lines.append(f"held-out data {cfg.data.eval_path}: {len(held_out)} prompts" if held_out else "no held-out data")
+    with RewardSet(cfg.reward, tokenizer) as rewards:
+        batch = train.take([0, min(1, len(train) - 1)])
+        columns = {key: [row.get(key) for row in batch.examples] for key in batch.examples[0]}
+        columns["completion_ids"] = [[], []]
+        rewards.score_texts(batch.prompts, ["", ""], columns)
+        lines.append("rewards " + ", ".join(f"{name} ({'failed: ' + r.first_error if r.first_error else 'ok'})"
+                                             for name, r in rewards.reports.items()))
+    if resume_from:
+        lines.append(f"resumes from {resume_from}")
+    return lines
