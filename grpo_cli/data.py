@@ -66,7 +66,7 @@ def load_rows(path: str, split: str, subset: str | None = None) -> list[dict]:
             raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]} "
                             f"(a local file needs one of {', '.join(FILE_BUILDERS)})") from error
     if not rows:
-        raise UserError(f"data {path} has no rows")
+        raise UserError(f"data {path} has no rows; point data.path (or data.eval_path) at a file with prompts")
     return rows
 
 

@@ -237,13 +237,16 @@ def stop_now(run: Run, step: int, base_eval, saved, received) -> None:
 
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
-    from grpo_cli.runtime import build, preflight, prepare_run_dir
+    from grpo_cli.runtime import build, check_run_dir, preflight, prepare_run_dir
 
     preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
-    run_dir = prepare_run_dir(cfg, config_yaml, overrides)
+    check_run_dir(cfg, config_yaml)
     run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)
     try:
+        # Written only once the model, data and rewards have loaded: a run that fails to start
+        # leaves no folder behind to be refused next time.
+        run_dir = prepare_run_dir(cfg, config_yaml, overrides)
         return run_steps(run, run_dir, resume_from)
     finally:
         run.rewards.close()  # stop the reward worker processes, also on an error

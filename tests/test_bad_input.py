@@ -54,3 +54,8 @@ def test_another_runs_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert main(["train", f"output_dir={run}"]) == 2
     assert "holds another run's config; pass resume=auto" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in run.iterdir()} == before
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder(files, capsys):
+    assert main(["train", f"output_dir={files / 'run'}", f"data.path={files / 'NOANSWER.jsonl'}"]) == 2
+    assert not (files / "run").exists()

@@ -86,15 +86,16 @@ def test_keep_last_prunes_only_after_the_new_checkpoint(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_4", "step_6"]
 
 
-def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, reference, sig):
     run_dir = tmp_path / "run"
     process = start(run_dir)
     wait_for_step(process, run_dir, 3)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     _, err = process.communicate(timeout=240)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert process.returncode == 128 + sig
     last = records(run_dir)[-1]["step"]
-    assert f"SIGTERM: stopped after step {last}" in err and "resume with: grpo train" in err
+    assert f"{sig.name}: stopped after step {last}" in err and "resume with: grpo train" in err
     assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.pt").is_file()
     assert main(["train", f"output_dir={run_dir}", "resume=auto", *RUN]) == 0
     assert_same_run(records(run_dir), reference, from_step=last)
