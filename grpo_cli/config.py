@@ -139,6 +139,7 @@ class TrainerConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
+    logprob_chunk: int = 0  # completion positions per output-layer chunk; 0 = all at once (fine for small vocabularies)
     save_every: int = 0  # 0 = only at the end
     eval_every: int = 0  # 0 = only before and after training
     keep_last: int = 0  # 0 = keep every checkpoint
@@ -281,6 +282,7 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
     _require(t.schedule in ("constant", "linear", "cosine"), f"trainer.schedule={t.schedule!r}: use constant, linear or cosine")
     _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
+    _require(cfg.trainer.logprob_chunk >= 0, f"trainer.logprob_chunk={cfg.trainer.logprob_chunk} must be >= 0 (0: no chunking)")
     _require(cfg.trainer.max_nonfinite_steps >= 1,
              f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
     for key in ("save_every", "eval_every", "keep_last"):

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from grpo_cli.algorithms import compute_loss
+from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.types import BatchNorm, LossInputs, Rollouts, TrainBatch
 
 # The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (ALGORITHMS.md §7.4).
@@ -44,22 +45,6 @@ def disable_dropout(model):
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
     return model
-
-
-def sequence_logprobs(model, batch: TrainBatch, temperature: float, with_entropy: bool = False):
-    """Per-token log-probs of the completion tokens, [b, C] fp32 (and the entropy [b, C])."""
-    width = batch.completion_width
-    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=positions, logits_to_keep=width + 1, use_cache=False)
-    logp = (out.logits[:, :-1].float() / temperature).log_softmax(-1)
-    targets = batch.input_ids[:, -width:]
-    token_logprobs = logp.gather(-1, targets[..., None]).squeeze(-1)
-    if not with_entropy:
-        return token_logprobs, None
-    with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
-    return token_logprobs, entropy
 
 
 class Learner:
@@ -114,7 +99,8 @@ class Learner:
 
     @torch.no_grad()
     def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
-        parts = [sequence_logprobs(model, micro, self.temperature)[0].cpu() for micro in self._micro_batches(batch)]
+        parts = [sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0].cpu()
+                 for micro in self._micro_batches(batch)]
         return torch.cat(parts) * batch.loss_mask
 
     def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
@@ -153,7 +139,8 @@ class Learner:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
         for micro in self._micro_batches(batch):
-            logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True)
+            logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
+                                                  chunk=self.cfg.trainer.logprob_chunk)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
             inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
                                 sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY
-from grpo_cli.learner import sequence_logprobs
+from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler.hf import filter_logits, left_pad
 
