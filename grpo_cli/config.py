@@ -132,6 +132,7 @@ class TrainerConfig:
     steps: int = 100  # generation rounds; each makes epochs x mini_batches optimizer steps
     prompts_per_step: int = 16
     micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate exactly
+    micro_batch_tokens: int = 0  # > 0: pack micro-batches by padded tokens instead (rows x longest <= this)
     lr: float = 1.0e-6
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | linear | cosine (after warm-up)
@@ -278,6 +279,7 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
     _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
+    _require(t.micro_batch_tokens >= 0, f"trainer.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0: by count)")
     _require(t.lr > 0, f"trainer.lr={t.lr} must be > 0")
     _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
     _require(t.schedule in ("constant", "linear", "cosine"), f"trainer.schedule={t.schedule!r}: use constant, linear or cosine")

@@ -92,16 +92,39 @@ class Learner:
                           advantages=torch.zeros_like(loss_mask), sampler_logprobs=rollouts.sampler_logprobs)
 
     def _micro_batches(self, batch: TrainBatch):
-        """Consecutive slices of trainer.micro_batch_size sequences, on the learner's device."""
-        size = self.cfg.trainer.micro_batch_size
-        for start in range(0, len(batch), size):
-            yield self._to_device(batch.select(torch.arange(start, min(start + size, len(batch)))))
+        """(row index, micro-batch on the learner's device): consecutive slices of
+        trainer.micro_batch_size sequences, or, with trainer.micro_batch_tokens, rows packed by
+        length so that rows x longest row stays within the budget, each trimmed of the
+        padding it does not need. Either way every row lands in exactly one micro-batch, and the
+        loss normalisers come from the whole mini-batch, so the gradient is the same."""
+        t = self.cfg.trainer
+        if t.micro_batch_tokens <= 0:
+            for start in range(0, len(batch), t.micro_batch_size):
+                index = torch.arange(start, min(start + t.micro_batch_size, len(batch)))
+                yield index, self._to_device(batch.select(index))
+            return
+        lengths = batch.attention_mask.sum(-1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        group: list[int] = []
+        for row in order.tolist():
+            if group and (len(group) + 1) * int(lengths[group[0]]) > t.micro_batch_tokens:
+                yield self._packed(batch, group)
+                group = []
+            group.append(row)
+        if group:
+            yield self._packed(batch, group)
+
+    def _packed(self, batch: TrainBatch, rows: list[int]):
+        index = torch.tensor(rows)
+        return index, self._to_device(batch.select(index).trimmed())
 
     @torch.no_grad()
     def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
-        parts = [sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0].cpu()
-                 for micro in self._micro_batches(batch)]
-        return torch.cat(parts) * batch.loss_mask
+        out = torch.zeros(batch.loss_mask.shape)
+        for index, micro in self._micro_batches(batch):
+            logprobs = sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0]
+            out[index, :logprobs.shape[1]] = logprobs.cpu()
+        return out * batch.loss_mask
 
     def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
         """ℓ_old (unless μ = 1 with one mini-batch) and ℓ_ref (when a reference exists)."""
@@ -138,7 +161,7 @@ class Learner:
     def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
-        for micro in self._micro_batches(batch):
+        for _, micro in self._micro_batches(batch):
             logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
                                                   chunk=self.cfg.trainer.logprob_chunk)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()

@@ -191,6 +191,21 @@ class TrainBatch:
     def completion_width(self) -> int:
         return self.loss_mask.shape[1]
 
+    def trimmed(self) -> "TrainBatch":
+        """The same rows without columns that are padding in every row: left of the prompts and
+        right of the completions. Completion column 0 stays column 0, so per-token results
+        of a trimmed batch fill the first columns of the untrimmed [N, C] layout."""
+        prompt_width = self.input_ids.shape[1] - self.completion_width
+        real = self.attention_mask.bool().any(0)
+        left = int(real[:prompt_width].float().argmax()) if real[:prompt_width].any() else prompt_width
+        width = int(real[prompt_width:].nonzero().max()) + 1 if real[prompt_width:].any() else 1
+        cut = lambda t: None if t is None else t[:, :width]  # noqa: E731
+        return TrainBatch(input_ids=self.input_ids[:, left:prompt_width + width],
+                          attention_mask=self.attention_mask[:, left:prompt_width + width],
+                          loss_mask=cut(self.loss_mask), advantages=cut(self.advantages),
+                          sampler_logprobs=cut(self.sampler_logprobs), old_logprobs=cut(self.old_logprobs),
+                          ref_logprobs=cut(self.ref_logprobs))
+
     def select(self, index: torch.Tensor) -> "TrainBatch":
         """Rows `index` of every tensor (mini- and micro-batching)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731

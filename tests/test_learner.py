@@ -25,8 +25,9 @@ def gradient(learner, batch):
     return grads, metrics
 
 
+@pytest.mark.parametrize("split", ["micro_batch_size=3", "micro_batch_tokens=150"])
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
-def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts, aggregation):
+def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts, aggregation, split):
     cfg = make_cfg(f"algorithm.aggregation={aggregation}", "algorithm.epochs=2", "algorithm.kl_coef=0.04")
     learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
     batch = learner.add_logprobs(learner.to_train_batch(rollouts))
@@ -36,11 +37,25 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts,
     batch.advantages = torch.randn(len(batch), 1, generator=generator) * batch.loss_mask
     learner.cfg.trainer.micro_batch_size = len(batch)
     full, full_metrics = gradient(learner, batch)
-    learner.cfg.trainer.micro_batch_size = 3
+    key, value = split.split("=")
+    setattr(learner.cfg.trainer, key, int(value))
+    assert len(list(learner._micro_batches(batch))) > 2
     micro, micro_metrics = gradient(learner, batch)
     assert full_metrics["clip/fraction"] > 0.05
     assert torch.allclose(full, micro, rtol=1e-4, atol=1e-6)
     assert micro_metrics["loss/total"] == pytest.approx(full_metrics["loss/total"], rel=1e-5, abs=1e-7)
+
+
+def test_token_budget_micro_batches_trim_padding_and_keep_logprobs(make_cfg, rollouts):
+    learner = Learner(make_cfg("algorithm.kl_coef=0.04"), torch.device("cpu"), torch.float32, total_optimizer_steps=1)
+    batch = learner.to_train_batch(rollouts)
+    whole = learner._logprobs_of(learner.reference, batch)
+    learner.cfg.trainer.micro_batch_tokens = 150
+    parts = list(learner._micro_batches(batch))
+    assert sorted(i for index, _ in parts for i in index.tolist()) == list(range(len(batch)))
+    assert all(len(m) * m.input_ids.shape[1] <= 150 or len(m) == 1 for _, m in parts)
+    assert min(m.input_ids.shape[1] for _, m in parts) < batch.input_ids.shape[1]  # padding trimmed
+    assert torch.allclose(learner._logprobs_of(learner.reference, batch), whole, atol=1e-5)
 
 
 def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
