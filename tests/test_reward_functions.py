@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.rewards.answers import dapo_math, math_answer, normalize_answer
-from grpo_cli.rewards.builtin import format_reward, language, length
+from grpo_cli.rewards.answers import dapo_math, length, math_answer, normalize_answer
+from grpo_cli.rewards.builtin import format_reward, language
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "gsm8k" / "test.jsonl").is_file(), reason="needs ../shared/data")

@@ -1,5 +1,7 @@
 """Final-answer rewards for math: `math` (equivalence checked by math-verify) and `dapo_math`
-(DAPO's string match on the last `Answer:` line, arXiv 2503.14476 and verl's `math_dapo`).
+(DAPO's string match on the last `Answer:` line, arXiv 2503.14476 and verl's `math_dapo`), and
+`length`, Kimi k1.5's group-relative length reward (arXiv 2501.12599 §2.3.3), which needs to
+know which completions are right.
 
 `math` extracts the completion's answer from `\\boxed{}` first, then an `Answer:` /
 "the answer is" line, then the last number, and checks it against the reference (LaTeX or a
@@ -17,12 +19,12 @@ import functools
 import logging
 import re
 
-from grpo_cli.rewards.builtin import RewardFn, require_column
+from grpo_cli.rewards.builtin import RewardFn, final_answer, require_column
 
 # math-verify warns on every call that its timeouts are off; the reward workers time calls.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
-_ANSWER_LINE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
+_ANSWER_TEXT = re.compile(r"(?i)answer\s*:\s*([^\n]+)")  # the whole line, not just a number
 _UNIT_WORDS = re.compile(r"\s*(?:\\text\{\s*[a-zA-Z ]*\}|\\mbox\{[^}]*\}|degrees|units|dollars|cents|"
                          r"inches|feet|meters|cm|km|hours|minutes|seconds|points|ways|students)\s*$")
 
@@ -45,7 +47,7 @@ def parse_prediction(completion: str) -> list:
     from math_verify import parse
 
     if "\\boxed" not in completion:
-        lines = _ANSWER_LINE.findall(completion)
+        lines = _ANSWER_TEXT.findall(completion)
         if lines:
             line = lines[-1].strip()
             return parse(line, parsing_timeout=None) or parse(f"${line.strip('$ .')}$", parsing_timeout=None)
@@ -106,7 +108,7 @@ def normalize_answer(text: str) -> str:
 
 def dapo_answer(completion: str) -> str | None:
     """The text of the last `Answer:` line within the final 300 characters (as verl), or None."""
-    found = _ANSWER_LINE.findall(completion[-300:])
+    found = _ANSWER_TEXT.findall(completion[-300:])
     return found[-1] if found else None
 
 
@@ -121,6 +123,34 @@ def dapo_math(answer_key: str = "answer", correct: float = 1.0, incorrect: float
             answer = dapo_answer(completion)
             same = answer is not None and reference is not None and normalize_answer(answer) == normalize_answer(reference)
             out.append(None if reference is None else (correct if same else incorrect))
+        return out
+
+    return reward
+
+
+CHECKERS = {"math": math_answer, "dapo_math": dapo_math, "final_answer": final_answer}
+
+
+def length(answer_key: str = "answer", checker: str = "math") -> RewardFn:
+    """Kimi k1.5: within each prompt's completions, lambda = 0.5 - (len - min) / (max - min) in
+    tokens; a correct completion gets lambda, a wrong one min(0, lambda); 0 when all lengths are
+    equal. `checker` (math, dapo_math or final_answer) decides correctness: its value above 0."""
+    if checker not in CHECKERS:
+        raise ValueError(f"checker {checker!r} is not one of {', '.join(CHECKERS)}")
+    scorer = CHECKERS[checker](answer_key=answer_key)
+
+    def reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **columns) -> list[float]:
+        right = [v is not None and v > 0 for v in scorer(prompts, completions, **columns)]
+        groups: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            groups.setdefault(prompt, []).append(row)
+        out = [0.0] * len(completions)
+        for rows in groups.values():
+            sizes = [len(completion_ids[r]) for r in rows]
+            low, high = min(sizes), max(sizes)
+            for r, size in zip(rows, sizes):
+                value = 0.0 if high == low else 0.5 - (size - low) / (high - low)
+                out[r] = value if right[r] else min(0.0, value)
         return out
 
     return reward

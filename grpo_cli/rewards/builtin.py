@@ -1,12 +1,11 @@
-"""Built-in reward functions that need no model: answer, format, length and language checks.
+"""Built-in reward functions that need no model: answer line, overlong, format and language.
 
 `final_answer` scores the number on the last `Answer:` line of a completion against the
 reference column, as DAPO's recipe does for math (arXiv 2503.14476: +1 / -1 with
 `correct=1, incorrect=-1`); the embedded arithmetic task uses it with 1 / 0.
 
-`overlong` is DAPO's soft length penalty, added to the correctness reward. `length` is Kimi
-k1.5's group-relative length reward (arXiv 2501.12599 §2.3.3). `format` checks a tag pattern
-(open-r1's think / answer layout by default). `language` is the share of a completion's letters
+`overlong` is DAPO's soft length penalty, added to the correctness reward. `format` checks a
+tag pattern (open-r1's think / answer layout by default). `language` is the share of a completion's letters
 written in the target language's script, DeepSeek-R1's language-consistency reward (arXiv
 2501.12948 §2.3.3); R1 counts words, and a script cannot tell English from French.
 
@@ -14,7 +13,8 @@ Every entry of REWARDS is a factory: called with the config's `kwargs`, it retur
 function `(prompts, completions, **columns) -> list[float | None]`, where `columns` holds every
 data column as a list aligned with the completions, plus `completion_ids` (the token ids of
 each completion, EOS included, as TRL passes them). None means "no opinion": that completion
-is left out of its group's statistics and gets advantage 0.
+is left out of its group's statistics and gets advantage 0. The math answer rewards and
+`length`, which needs them, are in rewards/answers.py.
 """
 
 from __future__ import annotations
@@ -100,31 +100,6 @@ def format_reward(pattern: str = THINK_ANSWER, match: float = 1.0, mismatch: flo
 
     def reward(prompts: list[str], completions: list[str], **_) -> list[float]:
         return [match if compiled.fullmatch(c.strip()) else mismatch for c in completions]
-
-    return reward
-
-
-def length(answer_key: str = "answer", checker: str = "math") -> RewardFn:
-    """Kimi k1.5: within each prompt's completions, lambda = 0.5 - (len - min) / (max - min) in
-    tokens; a correct completion gets lambda, a wrong one min(0, lambda); 0 when all lengths are
-    equal. `checker`: math, dapo_math or final_answer decides correctness."""
-    from grpo_cli.rewards.catalog import answer_checker
-
-    correct_of = answer_checker(checker, answer_key)
-
-    def reward(prompts: list[str], completions: list[str], completion_ids: list[list[int]], **columns) -> list[float]:
-        right = correct_of(prompts, completions, **columns)
-        groups: dict[str, list[int]] = {}
-        for row, prompt in enumerate(prompts):
-            groups.setdefault(prompt, []).append(row)
-        out = [0.0] * len(completions)
-        for rows in groups.values():
-            sizes = [len(completion_ids[r]) for r in rows]
-            low, high = min(sizes), max(sizes)
-            for r, size in zip(rows, sizes):
-                value = 0.0 if high == low else 0.5 - (size - low) / (high - low)
-                out[r] = value if right[r] else min(0.0, value)
-        return out
 
     return reward
 

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Callable
 
-from grpo_cli.rewards.answers import dapo_math, math_answer, math_equal
-from grpo_cli.rewards.builtin import RewardFn, final_answer, format_reward, language, length, overlong
+from grpo_cli.rewards.answers import dapo_math, length, math_answer
+from grpo_cli.rewards.builtin import RewardFn, final_answer, format_reward, language, overlong
 
 def reward_model(model: str, batch_size: int = 8, max_length: int = 4096, device: str = "auto",
                  dtype: str = "auto", trust_remote_code: bool = False) -> RewardFn:
@@ -40,20 +40,6 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
 
 # Built-ins that hold a model: they run in the trainer's process, on its device, not in workers.
 IN_PROCESS = {"reward_model"}
-
-
-def answer_checker(name: str, answer_key: str) -> Callable[..., list[bool]]:
-    """A correctness test by name, for rewards that depend on being right (`length`)."""
-    def check(prompts, completions, **columns):
-        references = columns.get(answer_key, [None] * len(completions))
-        if name == "math":
-            return [r is not None and math_equal(c, r) for c, r in zip(completions, references)]
-        scorer = {"dapo_math": dapo_math(answer_key), "final_answer": final_answer(answer_key=answer_key)}[name]
-        return [v is not None and v > 0 for v in scorer(prompts, completions, **columns)]
-
-    if name not in ("math", "dapo_math", "final_answer"):
-        raise ValueError(f"checker {name!r} is not one of math, dapo_math, final_answer")
-    return check
 
 
 def is_user_path(name: str) -> bool:
