@@ -44,6 +44,13 @@ class CallReport:
         self.failed_rows.append(row)
         self.first_error = self.first_error or message
 
+    def fill(self, rows: range, values: list, errors: list) -> None:
+        """Results of one call on `rows`: a value, or the error that cost that row its value."""
+        for row, value, error in zip(rows, values, errors):
+            self.values[row] = value
+            if error is not None:
+                self.fail(row, error)
+
 
 def describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()
@@ -135,7 +142,7 @@ class RewardWorkers:
         """Run the chunks; fill the report; return the chunks of several rows that failed as a
         whole (a single row's failure is recorded on it)."""
         # Async rows carry their own limit; the process limit only catches a blocked event loop.
-        limit = self.timeout * (2 if self.is_async[index] else 1) + (1 if self.is_async[index] else 0)
+        limit = 2 * self.timeout + 1 if self.is_async[index] else self.timeout
         futures = [(chunk, self.pool.schedule(_call, args=(index, prompts[chunk.start:chunk.stop],
                                                            completions[chunk.start:chunk.stop],
                                                            _rows(columns, chunk), self.timeout), timeout=limit))
@@ -150,10 +157,7 @@ class RewardWorkers:
                 message = describe(error)
             else:
                 report.call_seconds.append(seconds)
-                for row, value, error in zip(chunk, values, errors):
-                    report.values[row] = value
-                    if error is not None:
-                        report.fail(row, error)
+                report.fill(chunk, values, errors)
                 continue
             if len(chunk) == 1:
                 report.fail(chunk.start, message)
@@ -177,23 +181,14 @@ class LocalRewards:
         function = self.functions[index]
         started = time.perf_counter()
         try:
-            values, errors = call_rows(function, prompts, completions, columns, None)
+            report.fill(range(len(completions)), *call_rows(function, prompts, completions, columns, None))
         except Exception:  # retried row by row below, so the error lands on its rows
             for row in range(len(completions)):
                 one = range(row, row + 1)
                 try:
-                    values, errors = call_rows(function, prompts[row:row + 1], completions[row:row + 1],
-                                               _rows(columns, one), None)
+                    report.fill(one, *call_rows(function, prompts[row:row + 1], completions[row:row + 1],
+                                                _rows(columns, one), None))
                 except Exception as error:  # the user's function: any exception is that row's failure
                     report.fail(row, describe(error))
-                    continue
-                report.values[row] = values[0]
-                if errors[0] is not None:
-                    report.fail(row, errors[0])
-        else:
-            report.values = values
-            for row, error in enumerate(errors):
-                if error is not None:
-                    report.fail(row, error)
         report.call_seconds.append(time.perf_counter() - started)
         return report
