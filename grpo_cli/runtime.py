@@ -6,9 +6,8 @@ another run) is raised as UserError with the fix in the message, before any trai
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import yaml
 
 from grpo_cli.config import UserError
 from grpo_cli.data import load_prompts
-from grpo_cli.rewards.scoring import RewardSet
+from grpo_cli.rewards.scoring import RewardSet, reward_columns
 from grpo_cli.sampler import SamplingParams, engine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -195,9 +194,7 @@ def dry_run(cfg, config_yaml: str) -> list[str]:
     lines.append(f"held-out data {cfg.data.eval_path}: {len(held_out)} prompts" if held_out else "no held-out data")
     with RewardSet(cfg.reward, tokenizer) as rewards:
         batch = train.take([0, min(1, len(train) - 1)])
-        columns = {key: [row.get(key) for row in batch.examples] for key in batch.examples[0]}
-        columns["completion_ids"] = [[], []]
-        rewards.score_texts(batch.prompts, ["", ""], columns)
+        rewards.score_texts(batch.prompts, ["", ""], reward_columns(batch.examples, [[], []], batch.messages))
         lines.append("rewards " + ", ".join(f"{name} ({'failed: ' + r.first_error if r.first_error else 'ok'})"
                                              for name, r in rewards.reports.items()))
     if resume_from:

@@ -53,25 +53,19 @@ def read_completions(path: str, data_cfg) -> list[dict]:
     return out
 
 
-def columns_of(rows: list[dict], tokenizer) -> dict[str, list]:
-    keys = sorted({key for row in rows for key in row} - {"prompt", "completion"})
-    columns = {key: [row.get(key) for row in rows] for key in keys}
-    columns.setdefault("answer", [None] * len(rows))
-    columns["completion_ids"] = [tokenizer(row["completion"], add_special_tokens=False)["input_ids"] for row in rows]
-    return columns
-
-
 def score_file(cfg, tokenizer) -> tuple[list[dict], dict[str, FunctionSummary]]:
     """Score every row; returns the rows with their rewards and a summary per function."""
-    from grpo_cli.rewards.scoring import RewardSet
+    from grpo_cli.rewards.scoring import RewardSet, reward_columns
 
     rows = read_completions(cfg.score.completions, cfg.data)
     summaries: dict[str, FunctionSummary] = {}
     with RewardSet(cfg.reward, tokenizer) as rewards:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
+            data = [{k: v for k, v in r.items() if k not in ("prompt", "completion")} for r in chunk]
+            ids = [tokenizer(r["completion"], add_special_tokens=False)["input_ids"] for r in chunk]
             scores = rewards.score_texts([r["prompt"] for r in chunk], [r["completion"] for r in chunk],
-                                         columns_of(chunk, tokenizer))
+                                         reward_columns(data, ids))
             for name in rewards.names:
                 summary = summaries.setdefault(name, FunctionSummary())
                 report = rewards.reports[name]

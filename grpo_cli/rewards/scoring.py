@@ -25,6 +25,18 @@ def display_names(names: list[str]) -> list[str]:
     return out
 
 
+def reward_columns(rows: list[dict], completion_ids: list[list[int]], messages: list | None = None) -> dict:
+    """The keyword arguments every reward function gets besides prompts and completions: each
+    data column as a list aligned with the completions (None where a row lacks it, and always
+    an `answer`), `completion_ids`, and the prompts' chat `messages` where they are known."""
+    keys = sorted({key for row in rows for key in row} | {"answer"})
+    columns = {key: [row.get(key) for row in rows] for key in keys}
+    if messages:
+        columns["messages"] = messages
+    columns["completion_ids"] = completion_ids
+    return columns
+
+
 class RewardSet:
     """The configured reward functions, started once, applied to every batch. Close it (or use
     it as a context manager) to stop the worker processes."""
@@ -81,11 +93,10 @@ class RewardSet:
         only the outcome)."""
         index = rollouts.group_ids.tolist()
         prompts = [batch.prompts[i] for i in index]
-        columns = {key: [batch.examples[i].get(key) for i in index] for key in batch.examples[0]}
-        if batch.messages:
-            columns["messages"] = [batch.messages[i] for i in index]
-        columns["completion_ids"] = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
-                                                                 rollouts.completion_lengths.tolist())]
+        completion_ids = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
+                                                    rollouts.completion_lengths.tolist())]
+        columns = reward_columns([batch.examples[i] for i in index], completion_ids,
+                                 [batch.messages[i] for i in index] if batch.messages else None)
         scores = self.score_texts(prompts, rollouts.completions, columns)
         if steps and self.process is not None:
             scores.step_ends, scores.step_rewards = self.process(prompts, columns.pop("completion_ids"), columns)
