@@ -284,9 +284,8 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
     _require(t.schedule in ("constant", "linear", "cosine"), f"trainer.schedule={t.schedule!r}: use constant, linear or cosine")
     _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
-    _require(cfg.trainer.logprob_chunk >= 0, f"trainer.logprob_chunk={cfg.trainer.logprob_chunk} must be >= 0 (0: no chunking)")
-    _require(cfg.trainer.max_nonfinite_steps >= 1,
-             f"trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps} must be >= 1")
+    _require(t.logprob_chunk >= 0, f"trainer.logprob_chunk={t.logprob_chunk} must be >= 0 (0: no chunking)")
+    _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     for key in ("save_every", "eval_every", "keep_last"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
     batch = t.prompts_per_step * cfg.sampler.n

@@ -9,6 +9,7 @@ only changes which function each stage dictionary hands back, never the shape of
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 import torch
@@ -228,7 +229,7 @@ def check_nonfinite(cfg, step: int, in_a_row: int, record: dict, saved) -> None:
 
 def stop_now(run: Run, step: int, base_eval, saved, received) -> None:
     """After a SIGINT / SIGTERM: make sure this step is saved, say how to resume, stop."""
-    if saved is None or not str(saved).endswith(f"step_{step}"):
+    if saved is None or Path(saved).name != f"step_{step}":
         saved = save_checkpoint(run, step, base_eval)
     raise RunStopped(f"{received.name}: stopped after step {step}; checkpoint: {saved}\n"
                      f"resume with: grpo train output_dir={run.cfg.output_dir} resume=auto (and the same overrides)",

@@ -28,8 +28,7 @@ class MetricsFile:
     def __init__(self, path: Path, keep_through: int):
         self.path = path
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) is not None
-                    and _step_of(line) <= keep_through]
+            kept = [line for line in path.read_text().splitlines() if -1 < _step_of(line) <= keep_through]
             # Rewritten beside and renamed: a kill here leaves the old file, never half of it.
             partial = path.with_suffix(".jsonl.partial")
             partial.write_text("".join(line + "\n" for line in kept))
@@ -50,12 +49,12 @@ class MetricsFile:
         self.close()
 
 
-def _step_of(line: str) -> int | None:
-    """The step of a metrics line; None for a blank line or one torn by a kill mid-write."""
+def _step_of(line: str) -> int:
+    """The step of a metrics line; -1 for a blank line or one torn by a kill mid-write."""
     try:
         return int(json.loads(line).get("step", 0))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None
+        return -1
 
 
 class ProgressBar:

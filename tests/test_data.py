@@ -111,19 +111,17 @@ def test_dapo_math_schema_rows_are_deduplicated(make_cfg, tokenizer, tmp_path):
                                      "Answer: $Answer"}], add_generation_prompt=True, tokenize=False)
 
 
-def test_answer_pattern_without_a_match_names_the_row(make_cfg, tokenizer, tmp_path):
+@pytest.mark.parametrize("group, content, message", [
+    ("gsm8k", '{"question": "q1", "answer": "so #### 4"}\n{"question": "q2", "answer": "no marker"}\n',
+     r"rows.jsonl: row 2: answer 'no marker' has no match for data.answer_pattern"),
+    ("dapo_math", '{"prompt": [{"role": "user", "content": "q"}], "reward_model": {"style": "rule"}}\n',
+     r"row 1 has no column 'reward_model.ground_truth'"),
+], ids=["answer_pattern_without_a_match", "nested_answer_key_missing"])
+def test_a_bad_reference_names_the_row(make_cfg, tokenizer, tmp_path, group, content, message):
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"question": "q1", "answer": "so #### 4"}\n{"question": "q2", "answer": "no marker"}\n')
-    cfg = make_cfg("data=gsm8k", f"data.path={path}")
-    with pytest.raises(UserError, match=r"rows.jsonl: row 2: answer 'no marker' has no match for data.answer_pattern"):
-        load_prompts(str(path), "train", cfg.data, tokenizer)
-
-
-def test_nested_answer_key_missing_names_the_column(make_cfg, tokenizer, tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text('{"prompt": [{"role": "user", "content": "q"}], "reward_model": {"style": "rule"}}\n')
-    cfg = make_cfg("data=dapo_math", f"data.path={path}")
-    with pytest.raises(UserError, match=r"row 1 has no column 'reward_model.ground_truth'"):
+    path.write_text(content)
+    cfg = make_cfg(f"data={group}", f"data.path={path}")
+    with pytest.raises(UserError, match=message):
         load_prompts(str(path), "train", cfg.data, tokenizer)
 
 
