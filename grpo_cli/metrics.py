@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
+# soft_wrap: a line naming a long path stays one line in a log file or a pipe, where rich
+# would otherwise break it at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _clean(value):
