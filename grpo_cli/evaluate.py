@@ -41,26 +41,48 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int,
-             prompts_per_call: int = 64) -> EvalResult:
-    """Sample params.n completions for every prompt and score them."""
-    correct_per_prompt: list[torch.Tensor] = []
-    rewards_all, lengths, truncated = [], [], []
-    for start in range(0, len(prompts), prompts_per_call):
-        batch = prompts.take(list(range(start, min(start + prompts_per_call, len(prompts)))))
-        rollouts = sampler.generate(batch, params, seed=seed + start)
+@dataclass
+class EvalSamples:
+    """What each prompt's samples did; the shares of several ranks concatenate."""
+
+    correct: list[int]  # correct samples per prompt
+    rewards: list[float]  # per completion; NaN where no reward had an opinion
+    lengths: list[int]
+    truncated: list[bool]
+
+    @staticmethod
+    def merge(parts: list["EvalSamples"]) -> "EvalSamples":
+        return EvalSamples(*(sum((getattr(p, f) for p in parts), []) for f in ("correct", "rewards", "lengths", "truncated")))
+
+    def summary(self, k: int) -> EvalResult:
+        return EvalResult(
+            accuracy=sum(self.correct) / (len(self.correct) * k),
+            pass_at_k=sum(pass_at_k(k, c, k) for c in self.correct) / len(self.correct),
+            k=k,
+            n=len(self.correct),
+            mean_reward=float(torch.tensor(self.rewards).nanmean()),
+            mean_length=float(torch.tensor(self.lengths, dtype=torch.float).mean()),
+            truncated_fraction=float(torch.tensor(self.truncated, dtype=torch.float).mean()),
+        )
+
+
+def sample_and_score(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int,
+                     rows: range, prompts_per_call: int = 64) -> EvalSamples:
+    """params.n completions for each prompt in `rows`; prompt i is sampled with seed + i, so a
+    share of the rows draws what the whole would."""
+    out = EvalSamples([], [], [], [])
+    for start in range(rows.start, rows.stop, prompts_per_call):
+        index = list(range(start, min(start + prompts_per_call, rows.stop)))
+        batch = prompts.take(index)
+        rollouts = sampler.generate(batch, params, seeds=[seed + i for i in index])
         scores = rewards.score(batch, rollouts, steps=False)
-        correct_per_prompt.extend(scores.correct.view(len(batch), params.n))
-        rewards_all.append(scores.total)
-        lengths.append(rollouts.completion_lengths.float())
-        truncated.append(rollouts.truncated.float())
-    counts = [int(c.sum()) for c in correct_per_prompt]
-    return EvalResult(
-        accuracy=sum(counts) / (len(counts) * params.n),
-        pass_at_k=sum(pass_at_k(params.n, c, params.n) for c in counts) / len(counts),
-        k=params.n,
-        n=len(counts),
-        mean_reward=float(torch.cat(rewards_all).nanmean()),
-        mean_length=float(torch.cat(lengths).mean()),
-        truncated_fraction=float(torch.cat(truncated).mean()),
-    )
+        out.correct += scores.correct.view(len(batch), params.n).sum(-1).tolist()
+        out.rewards += scores.total.tolist()
+        out.lengths += rollouts.completion_lengths.tolist()
+        out.truncated += rollouts.truncated.tolist()
+    return out
+
+
+def evaluate(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int) -> EvalResult:
+    """Sample params.n completions for every prompt and score them."""
+    return sample_and_score(sampler, prompts, rewards, params, seed, range(len(prompts))).summary(params.n)

@@ -6,6 +6,9 @@ whose loss normalisers are counted over the whole mini-batch before it is split 
 micro-batches, so the accumulated gradient equals the full-batch gradient (§0.4). With μ = 1
 and one mini-batch the learner skips recomputing ℓ_old and uses ℓ.detach() (ratio ≡ 1), as
 TRL does.
+
+Under torchrun the policy and reference are sharded with FSDP2 (distributed.py); every rank
+holds the global batch, computes the normalisers on it, and back-propagates its own share.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM
 
+from grpo_cli import distributed
 from grpo_cli.algorithms import compute_loss
+from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.types import BatchNorm, LossInputs, Rollouts, TrainBatch
 
@@ -49,26 +54,33 @@ def disable_dropout(model):
 
 class Learner:
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype, total_optimizer_steps: int,
-                 policy_path: str | None = None):
+                 policy_path: str | None = None, ranks: Ranks = Ranks()):
         """The policy loads from `policy_path` (a checkpoint on resume); the reference, when
         the KL coefficient is non-zero, always from the configured base model."""
         self.cfg = cfg
         self.device = device
-        load = lambda path: AutoModelForCausalLM.from_pretrained(  # noqa: E731
-            path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code).to(device)
-        self.model = disable_dropout(load(policy_path or cfg.model.name_or_path))
+        self.ranks = ranks
+        self.model = disable_dropout(self._load(policy_path or cfg.model.name_or_path, dtype))
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()  # for gradient checkpointing; dropout is off
         self.reference = None
         if cfg.algorithm.kl_coef > 0:
-            self.reference = load(cfg.model.name_or_path).eval().requires_grad_(False)
+            self.reference = self._load(cfg.model.name_or_path, dtype).eval().requires_grad_(False)
+        if ranks.active:
+            distributed.shard(self.model)
+            if self.reference is not None:
+                distributed.shard(self.reference)
         t = cfg.trainer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
                                            weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
         self.temperature = cfg.sampler.temperature
+
+    def _load(self, path: str, dtype: torch.dtype):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=self.cfg.model.trust_remote_code).to(self.device)
 
     @torch.no_grad()
     def reset_reference(self, alpha: float) -> None:
@@ -78,7 +90,7 @@ class Learner:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """What the sampler needs after an update (parameters and buffers, by name)."""
-        return dict(self.model.state_dict())
+        return distributed.full_state_dict(self.model, self.ranks)
 
     def to_train_batch(self, rollouts: Rollouts, overlong_filter: bool = False) -> TrainBatch:
         """Concatenate prompt and completion; advantages are filled in later. With
@@ -114,6 +126,19 @@ class Learner:
         if group:
             yield self._packed(batch, group)
 
+    def _rank_micro_batches(self, batch: TrainBatch) -> list[tuple[torch.Tensor, TrainBatch]]:
+        """This rank's share of `batch` as (row index in `batch`, micro-batch). Under FSDP the
+        ranks' forward passes pair up in collectives, so a rank with fewer micro-batches than
+        another adds ones that carry no loss."""
+        rows = torch.tensor(list(self.ranks.share(len(batch))), dtype=torch.long)
+        micros = [(rows[index], micro) for index, micro in self._micro_batches(batch.select(rows))]
+        missing = self.ranks.max_int(len(micros)) - len(micros)
+        if missing > 0:
+            idle = batch.select(torch.tensor([0]))
+            idle = replace(idle, loss_mask=torch.zeros_like(idle.loss_mask), advantages=torch.zeros_like(idle.advantages))
+            micros += [(rows[:0], self._to_device(idle))] * missing
+        return micros
+
     def _packed(self, batch: TrainBatch, rows: list[int]):
         index = torch.tensor(rows)
         return index, self._to_device(batch.select(index).trimmed())
@@ -121,10 +146,10 @@ class Learner:
     @torch.no_grad()
     def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
         out = torch.zeros(batch.loss_mask.shape)
-        for index, micro in self._micro_batches(batch):
+        for index, micro in self._rank_micro_batches(batch):
             logprobs = sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0]
-            out[index, :logprobs.shape[1]] = logprobs.cpu()
-        return out * batch.loss_mask
+            out[index, :logprobs.shape[1]] = logprobs[:len(index)].cpu()  # an idle micro-batch writes nothing
+        return self.ranks.sum(out) * batch.loss_mask
 
     def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
         """ℓ_old (unless μ = 1 with one mini-batch) and ℓ_ref (when a reference exists)."""
@@ -161,7 +186,7 @@ class Learner:
     def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
-        for _, micro in self._micro_batches(batch):
+        for _, micro in self._rank_micro_batches(batch):
             logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
                                                   chunk=self.cfg.trainer.logprob_chunk)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
@@ -169,7 +194,8 @@ class Learner:
                                 sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,
                                 loss_mask=micro.loss_mask)
             out = compute_loss(inputs, self.cfg.algorithm, norm)
-            out.loss.backward()
+            # FSDP averages gradients over ranks; each rank's loss is its share of a sum.
+            (out.loss * self.ranks.world).backward()
             gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
             sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum(), gap.max()]).tolist()
             out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
@@ -177,13 +203,14 @@ class Learner:
             out.metrics[MAX_GAP] = sums[2]
             for key, value in out.metrics.items():
                 metrics[key] = max(metrics.get(key, 0.0), value) if key == MAX_GAP else metrics.get(key, 0.0) + value
-        return metrics
+        return self.ranks.reduce_metrics(metrics, {MAX_GAP})
 
     def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         norm = self.batch_norm(batch)
         metrics = self.accumulate_gradients(batch, norm)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
         # A NaN or inf would poison the weights and Adam's moments for good: skip the update.
         finite = bool(torch.isfinite(grad_norm)) and all(math.isfinite(v) for v in metrics.values())
         if norm.num_tokens > 0 and finite:
@@ -197,14 +224,15 @@ class Learner:
 
     def state_dict(self) -> dict:
         """Optimizer and schedule; the reference too once resets have moved it off the base."""
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": distributed.optimizer_state(self.model, self.optimizer, self.ranks),
+                 "scheduler": self.scheduler.state_dict()}
         if self.reference is not None and self.cfg.algorithm.ref_reset_every > 0:
-            state["reference"] = {k: v.cpu() for k, v in self.reference.state_dict().items()}
+            state["reference"] = {k: v.cpu() for k, v in distributed.full_state_dict(self.reference, self.ranks).items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.ranks)
         self.scheduler.load_state_dict(state["scheduler"])
         if "reference" in state and self.reference is not None:
-            self.reference.load_state_dict(state["reference"])
+            distributed.load_full_state_dict(self.reference, state["reference"], self.ranks)
 

@@ -4,10 +4,13 @@ One step (DeepSeekMath's GRPO, arXiv 2402.03300, Algorithm 1, with the reward mo
 sample K completions per prompt, score them, filter groups, compute advantages, update the
 policy (μ epochs over mini-batches), push the new weights into the sampler, log. The variant
 only changes which function each stage dictionary hands back, never the shape of the step.
+Under torchrun each rank samples and scores its share of the prompts and the rest of the step
+runs on the gathered global batch (distributed.py).
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from dataclasses import dataclass, replace
@@ -19,7 +22,8 @@ from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, KL_ESTIMATORS, Advant
 from grpo_cli.algorithms.advantages import group_stats
 from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
 from grpo_cli.data import PromptSet, step_indices
-from grpo_cli.evaluate import EvalResult, evaluate
+from grpo_cli.distributed import Ranks
+from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
 from grpo_cli.learner import Learner
 from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.shutdown import RunStopped, StopRequest
@@ -41,6 +45,7 @@ class Run:
     train_params: SamplingParams
     eval_params: SamplingParams
     difficulty: DifficultyTracker
+    ranks: Ranks
 
 
 def derived_seed(seed: int, step: int, stream: int) -> int:
@@ -87,12 +92,16 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
         rows = step_indices(len(run.train_prompts), count, step, cfg.seed)
     else:
         rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    batch = run.train_prompts.take(rows)
+    mine = run.ranks.share(len(rows))
+    batch = run.train_prompts.take([rows[i] for i in mine])
     run.sampler.wake()
-    rollouts = run.sampler.generate(batch, run.train_params, seed=seed)
+    rollouts = run.sampler.generate(batch, run.train_params, seeds=[seed + i for i in mine])
     run.sampler.sleep()
     clock.lap("generate")
     scores = run.rewards.score(batch, rollouts)
+    if run.ranks.active:
+        shares = run.ranks.gather((rollouts, scores))
+        rollouts, scores = Rollouts.cat([r for r, _ in shares]), Scores.cat([s for _, s in shares])
     clock.lap("reward")
     context = FilterContext(torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3) + (round_ << 40)), run.difficulty)
     return rollouts, scores, GROUP_FILTERS[cfg.algorithm.group_filter](rollouts, scores, cfg.algorithm, context)
@@ -182,10 +191,10 @@ def run_eval(run: Run, step: int) -> EvalResult | None:
     if run.eval_prompts is None:
         return None
     run.sampler.wake()
-    result = evaluate(run.sampler, run.eval_prompts, run.rewards, run.eval_params,
-                      seed=derived_seed(run.cfg.seed, 0, 2))
+    mine = sample_and_score(run.sampler, run.eval_prompts, run.rewards, run.eval_params,
+                            seed=derived_seed(run.cfg.seed, 0, 2), rows=run.ranks.share(len(run.eval_prompts)))
     run.sampler.sleep()
-    return result
+    return EvalSamples.merge(run.ranks.gather(mine)).summary(run.eval_params.n)
 
 
 def eval_record(result: EvalResult | None) -> dict[str, float]:
@@ -193,10 +202,16 @@ def eval_record(result: EvalResult | None) -> dict[str, float]:
 
 
 def save_checkpoint(run: Run, step: int, base_eval: EvalResult | None):
+    """Every rank takes part in gathering the sharded state; rank 0 writes it."""
     state = {"learner": run.learner.state_dict(), "difficulty": run.difficulty.state_dict(),
              "base_eval": None if base_eval is None else base_eval.to_dict()}
-    return checkpoint.save(run.cfg.output_dir, step, run.learner.model, run.tokenizer, state,
-                           keep_last=run.cfg.trainer.keep_last)
+    weights = run.learner.weights() if run.ranks.active else None
+    path = checkpoint.checkpoint_root(run.cfg.output_dir) / f"step_{step}"
+    if run.ranks.main:
+        path = checkpoint.save(run.cfg.output_dir, step, run.learner.model, run.tokenizer, state,
+                               keep_last=run.cfg.trainer.keep_last, weights=weights)
+    run.ranks.barrier()
+    return path
 
 
 def restore(run: Run, resume_from) -> tuple[int, EvalResult | None]:
@@ -238,19 +253,27 @@ def stop_now(run: Run, step: int, base_eval, saved, received) -> None:
 
 def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
     """The run: resume or start, evaluate the base, step, checkpoint, evaluate, summarise."""
+    from grpo_cli import distributed
+    from grpo_cli.metrics import console
     from grpo_cli.runtime import build, check_run_dir, preflight, prepare_run_dir
 
     preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
     check_run_dir(cfg, config_yaml)
-    run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path)
+    ranks = distributed.init_ranks(cfg.device)
+    console.quiet = not ranks.main  # one rank speaks; the others would repeat it
     try:
-        # Written only once the model, data and rewards have loaded: a run that fails to start
-        # leaves no folder behind to be refused next time.
-        run_dir = prepare_run_dir(cfg, config_yaml, overrides)
-        return run_steps(run, run_dir, resume_from)
+        run = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
+        try:
+            # Written only once the model, data and rewards have loaded: a run that fails to
+            # start leaves no folder behind to be refused next time.
+            run_dir = prepare_run_dir(cfg, config_yaml, overrides) if ranks.main else Path(cfg.output_dir)
+            ranks.barrier()
+            return run_steps(run, run_dir, resume_from)
+        finally:
+            run.rewards.close()  # stop the reward worker processes, also on an error
     finally:
-        run.rewards.close()  # stop the reward worker processes, also on an error
+        distributed.close(ranks)
 
 
 def run_steps(run: Run, run_dir, resume_from) -> dict:
@@ -259,7 +282,7 @@ def run_steps(run: Run, run_dir, resume_from) -> dict:
 
     cfg = run.cfg
     start, base_eval = restore(run, resume_from) if resume_from else (0, None)
-    metrics = MetricsFile(run_dir / "metrics.jsonl", keep_through=start if resume_from else -1)
+    metrics = MetricsFile(run_dir / "metrics.jsonl" if run.ranks.main else None, keep_through=start if resume_from else -1)
     if resume_from is None:
         if run.eval_prompts is not None:
             console.print(f"evaluating the base model: {len(run.eval_prompts)} held-out prompts x {cfg.eval.k} samples")
@@ -281,8 +304,9 @@ def run_steps(run: Run, run_dir, resume_from) -> dict:
                 saved = save_checkpoint(run, step, base_eval)
             nonfinite = nonfinite + 1 if record.get("update/nonfinite", 0.0) > 0 else 0
             check_nonfinite(cfg, step, nonfinite, record, saved)
-            if stop.received is not None:
-                stop_now(run, step, base_eval, saved, stop.received)
+            received = stop.received
+            if run.ranks.any(received is not None):  # every rank stops at the same step
+                stop_now(run, step, base_eval, saved, received or signal.SIGTERM)
     return {"run_dir": str(run_dir), "checkpoint": None if saved is None else str(saved),
             "base": None if base_eval is None else base_eval.to_dict(),
             "final": None if final_eval is None else final_eval.to_dict(), "steps": cfg.trainer.steps}

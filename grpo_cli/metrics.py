@@ -25,10 +25,14 @@ def _clean(value):
 class MetricsFile:
     """Append-only JSON lines. Lines of steps after `keep_through` are dropped on open, so a
     resumed run (keep_through = its checkpoint's step) writes no step twice, and a fresh run
-    (keep_through = -1) starts an empty file."""
+    (keep_through = -1) starts an empty file. With no path (a rank other than the first) it
+    writes nothing."""
 
-    def __init__(self, path: Path, keep_through: int):
+    def __init__(self, path: Path | None, keep_through: int):
         self.path = path
+        self.handle = None
+        if path is None:
+            return
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if -1 < _step_of(line) <= keep_through]
             # Rewritten beside and renamed: a kill here leaves the old file, never half of it.
@@ -38,11 +42,14 @@ class MetricsFile:
         self.handle = path.open("a")
 
     def write(self, record: dict) -> None:
+        if self.handle is None:
+            return
         self.handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
     def __enter__(self) -> "MetricsFile":
         return self

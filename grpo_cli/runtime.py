@@ -119,13 +119,18 @@ def prepare_run_dir(cfg, config_yaml: str, overrides: list[str]) -> Path:
     return run_dir
 
 
-def build(cfg, policy_path: str):
-    """Tokenizer, prompts, rewards, learner and sampler for a training run."""
+def build(cfg, policy_path: str, ranks=None):
+    """Tokenizer, prompts, rewards, learner and sampler for a training run (this rank's, under torchrun)."""
     from grpo_cli.algorithms.filters import DifficultyTracker
+    from grpo_cli.distributed import Ranks, local_device
     from grpo_cli.learner import Learner
     from grpo_cli.loop import Run
 
-    device = pick_device(cfg.device)
+    ranks = ranks or Ranks()
+    if cfg.trainer.prompts_per_step < ranks.world:
+        raise UserError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} gives some of the {ranks.world} "
+                        f"ranks no prompt; raise it to at least {ranks.world} or start fewer processes")
+    device = local_device(pick_device(cfg.device), ranks)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
     train_prompts = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
@@ -133,11 +138,11 @@ def build(cfg, policy_path: str):
     rewards = RewardSet(cfg.reward, tokenizer)
     sampler = make_sampler(cfg, policy_path, tokenizer, device)
     optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path)
+    learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path, ranks=ranks)
     train_params, eval_params = sampling_params(cfg)
     return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
                rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
-               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo_adaptive_window))
+               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo_adaptive_window), ranks=ranks)
 
 
 def run_evaluation(cfg, evaluate):

@@ -9,6 +9,11 @@ from grpo_cli.config import ASSETS_DIR, validate
 TINY = str(ASSETS_DIR / "tiny-arith")
 
 
+def seeds(base: int, count: int) -> list[int]:
+    """One sampling seed per prompt."""
+    return [base * 1000 + i for i in range(count)]
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

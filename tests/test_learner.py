@@ -7,7 +7,7 @@ import torch
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
 from grpo_cli.learner import Learner
 from grpo_cli.sampler import SamplingParams, engine
-from conftest import TINY
+from conftest import TINY, seeds
 from test_config import options
 
 
@@ -15,7 +15,7 @@ from test_config import options
 def rollouts(tokenizer, eval_prompts):
     sampler = engine("hf")(model_path=TINY, tokenizer=tokenizer, device=torch.device("cpu"),
                            dtype=torch.float32, batch_size=64)
-    return sampler.generate(eval_prompts.take(list(range(5))), SamplingParams(4, 1.0, 1.0, 0, 40), seed=4)
+    return sampler.generate(eval_prompts.take(list(range(5))), SamplingParams(4, 1.0, 1.0, 0, 40), seeds=seeds(4, 5))
 
 
 def gradient(learner, batch):

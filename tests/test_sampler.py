@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY
+from conftest import TINY, seeds
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler.hf import filter_logits, left_pad
@@ -24,7 +24,7 @@ def params(**kw):
 
 def test_rollout_shapes_masks_and_groups(sampler, eval_prompts, tokenizer):
     batch = eval_prompts.take(list(range(6)))
-    out = sampler.generate(batch, params(), seed=1)
+    out = sampler.generate(batch, params(), seeds=seeds(1, 6))
     n = 6 * 4
     assert out.completion_ids.shape[0] == n and out.sampler_logprobs.shape == out.completion_ids.shape
     assert out.group_ids.tolist() == [g for g in range(6) for _ in range(4)]
@@ -42,17 +42,27 @@ def test_rollout_shapes_masks_and_groups(sampler, eval_prompts, tokenizer):
 
 def test_same_seed_same_completions(sampler, eval_prompts):
     batch = eval_prompts.take([0, 1, 2])
-    a = sampler.generate(batch, params(), seed=5)
-    b = sampler.generate(batch, params(), seed=5)
-    c = sampler.generate(batch, params(), seed=6)
+    a = sampler.generate(batch, params(), seeds=seeds(5, 3))
+    b = sampler.generate(batch, params(), seeds=seeds(5, 3))
+    c = sampler.generate(batch, params(), seeds=seeds(6, 3))
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert a.completions != c.completions
+
+
+def test_a_prompt_draws_the_same_whatever_shares_its_batch(sampler, eval_prompts):
+    """What the two ranks of a distributed run draw equals what one process draws."""
+    whole = sampler.generate(eval_prompts.take([0, 1, 2, 3]), params(), seeds=[7, 8, 9, 10])
+    first = sampler.generate(eval_prompts.take([0, 1]), params(), seeds=[7, 8])
+    second = sampler.generate(eval_prompts.take([2, 3]), params(), seeds=[9, 10])
+    assert whole.completions == first.completions + second.completions
+    halves = torch.cat([first.sampler_logprobs.sum(-1), second.sampler_logprobs.sum(-1)])
+    assert torch.allclose(whole.sampler_logprobs.sum(-1), halves, atol=1e-5)
 
 
 def test_batch_size_does_not_change_the_layout(tokenizer, eval_prompts):
     """Chunked generation pads every chunk to one width and keeps masks right."""
     small = engine("hf")(model_path=TINY, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32, batch_size=5)
-    out = small.generate(eval_prompts.take([0, 1, 2, 3]), params(), seed=3)
+    out = small.generate(eval_prompts.take([0, 1, 2, 3]), params(), seeds=seeds(3, 4))
     assert out.completion_ids.shape[0] == 16
     assert out.completion_mask.sum(-1).tolist() == [len(tokenizer(c, add_special_tokens=False)["input_ids"]) + (0 if t else 1)
                                                      for c, t in zip(out.completions, out.truncated.tolist())]
@@ -63,7 +73,7 @@ def test_sampler_logprobs_match_the_learner(sampler, eval_prompts, temperature):
     from grpo_cli.learner import Learner  # noqa: F401  (layout shared with the learner)
     from grpo_cli.types import TrainBatch
 
-    out = sampler.generate(eval_prompts.take(list(range(8))), params(temperature=temperature), seed=2)
+    out = sampler.generate(eval_prompts.take(list(range(8))), params(temperature=temperature), seeds=seeds(2, 8))
     ids = torch.cat([out.prompt_ids, out.completion_ids], 1)
     mask = torch.cat([out.prompt_mask, out.completion_mask], 1)
     batch = TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=out.completion_mask.float(),
@@ -76,7 +86,7 @@ def test_sampler_logprobs_match_the_learner(sampler, eval_prompts, temperature):
 
 def test_top_k_one_is_greedy(sampler, eval_prompts, tokenizer):
     batch = eval_prompts.take([0, 1, 2, 3])
-    out = sampler.generate(batch, params(n=1, top_k=1), seed=0)
+    out = sampler.generate(batch, params(n=1, top_k=1), seeds=seeds(0, 4))
     model = AutoModelForCausalLM.from_pretrained(TINY)
     ids, mask = left_pad(batch.prompt_ids, tokenizer.pad_token_id)
     greedy = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=48,

@@ -22,8 +22,9 @@ class SamplingParams:
 
 
 class Sampler(Protocol):
-    def generate(self, batch: PromptBatch, params: SamplingParams, seed: int) -> Rollouts:
-        """n completions for every prompt, reproducible for a given seed."""
+    def generate(self, batch: PromptBatch, params: SamplingParams, seeds: list[int]) -> Rollouts:
+        """n completions for every prompt; a prompt's completions depend only on its own seed
+        (seeds[i] for batch row i), not on the rest of the batch."""
 
     def load_weights(self, named_tensors: dict[str, torch.Tensor], version: int) -> None:
         """Replace the engine's weights in place with the learner's."""

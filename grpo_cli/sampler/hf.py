@@ -4,7 +4,10 @@ We run our own decoding loop rather than `model.generate` so that the log-prob o
 token is recorded exactly as the learner will recompute it (fp32 log_softmax of logits / T over
 the full vocabulary, ALGORITHMS.md §0.2), the random stream is ours to seed (a resumed run draws
 the same completions), and positions follow the attention mask of left-padded prompts the same
-way in sampling and in training. With top-p < 1 or top-k > 0 the draw is from the truncated
+way in sampling and in training. Every completion draws from its own generator, seeded by its
+prompt's seed and its sample index, so what a prompt gets does not depend on which other
+prompts share its batch or its rank (the distributed run draws what a single process does,
+as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the draw is from the truncated
 distribution while the recorded log-prob is the full one, as the learner's is; correct for it
 with TIS/MIS or keep both filters off for training.
 """
@@ -43,6 +46,27 @@ def filter_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return scaled
 
 
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row ([B, V], [B] in [0, 1) -> [B]): the first whose cumulative
+    probability exceeds u. Summed in float64 so a 150k vocabulary's tail keeps its mass."""
+    cumulative = probs.double().cumsum(-1)
+    target = uniform.double()[:, None] * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+class RowNoise:
+    """The uniforms of one completion, drawn in blocks from a generator of its own."""
+
+    BLOCK = 64
+
+    def __init__(self, prompt_seed: int, sample: int):
+        self.generator = torch.Generator().manual_seed(hash((prompt_seed, sample)) % 2**63)
+
+    def next_block(self) -> torch.Tensor:
+        """The uniforms of the next BLOCK tokens ([BLOCK] float64)."""
+        return torch.rand(self.BLOCK, generator=self.generator, dtype=torch.float64)
+
+
 class HFSampler:
     """Holds its own copy of the policy weights; `load_weights` overwrites them in place."""
 
@@ -72,15 +96,17 @@ class HFSampler:
         """Nothing to take back."""
 
     @torch.no_grad()
-    def generate(self, batch: PromptBatch, params: SamplingParams, seed: int) -> Rollouts:
+    def generate(self, batch: PromptBatch, params: SamplingParams, seeds: list[int]) -> Rollouts:
+        if len(seeds) != len(batch):
+            raise ValueError(f"{len(seeds)} seeds for {len(batch)} prompts: the sampler takes one seed per prompt")
         rows = [ids for ids in batch.prompt_ids for _ in range(params.n)]
+        noise = [RowNoise(seed, j) for seed in seeds for j in range(params.n)]
         group_ids = torch.arange(len(batch)).repeat_interleave(params.n)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        chunks = [self._decode(rows[i:i + self.batch_size], params, generator)
+        chunks = [self._decode(rows[i:i + self.batch_size], params, noise[i:i + self.batch_size])
                   for i in range(0, len(rows), self.batch_size)]
         return self._assemble(chunks, rows, group_ids)
 
-    def _decode(self, rows: list[list[int]], params: SamplingParams, generator: torch.Generator):
+    def _decode(self, rows: list[list[int]], params: SamplingParams, noise: list["RowNoise"]):
         """Sample up to max_new_tokens per row: [b, c] tokens and log-probs, [b] lengths and finished."""
         ids, mask = left_pad(rows, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -93,10 +119,12 @@ class HFSampler:
         lengths = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         tokens, logprobs = [], []
-        for _ in range(params.max_new_tokens):
+        for t in range(params.max_new_tokens):
             scaled = out.logits[:, -1].float() / params.temperature
             probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
-            drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if t % RowNoise.BLOCK == 0:
+                uniforms = torch.stack([row.next_block() for row in noise]).to(self.device)
+            drawn = inverse_cdf(probs, uniforms[:, t % RowNoise.BLOCK])
             drawn = torch.where(finished, torch.full_like(drawn, self.pad_id), drawn)
             logprob = scaled.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
             tokens.append(drawn)
