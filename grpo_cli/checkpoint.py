@@ -39,17 +39,14 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict, keep_last: int = 0,
-         weights: dict | None = None) -> Path:
-    """`weights`: the whole state dict when the model itself holds only a shard."""
+def save(run_dir: str | Path, step: int, policy, tokenizer, trainer_state: dict, keep_last: int = 0) -> Path:
+    """`policy`: the learner's Export (writes the weights, and the adapters with LoRA)."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     staging = root / f".tmp-step_{step}"
     shutil.rmtree(staging, ignore_errors=True)
-    if weights is not None:
-        weights = {name: value for name, value in weights.items() if name not in tied_duplicates(model)}
-    model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
+    policy.write(staging)
     tokenizer.save_pretrained(staging)
     state = dict(trainer_state, step=step, rng=rng_state())
     torch.save(state, staging / STATE_FILE)
@@ -60,17 +57,6 @@ def save(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict, 
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def tied_duplicates(model) -> set[str]:
-    """Names under which an already-named parameter appears again (tied embeddings): a
-    gathered state dict holds a copy under each, save_pretrained of the model itself one."""
-    seen, duplicates = set(), set()
-    for name, parameter in model.named_parameters(remove_duplicate=False):
-        if id(parameter) in seen:
-            duplicates.add(name)
-        seen.add(id(parameter))
-    return duplicates
 
 
 def find_resume_point(run_dir: str | Path, resume: str | None) -> Path | None:

@@ -30,11 +30,21 @@ class ConfigError(UserError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (lora.py); rank 0 trains every weight."""
+
+    rank: int = 0  # r
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    target_modules: Any = "all-linear"  # PEFT's names: all-linear, or a list such as [q_proj, v_proj]
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = MISSING  # hub id or local folder
     dtype: str = "float32"  # float32 | bfloat16 | float16: learner weights
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig())
 
 
 @dataclass
@@ -352,6 +362,15 @@ def validate_rewards(reward: RewardConfig) -> None:
             raise ConfigError(f"reward.functions[{i}] ({fn.name}) failed to load: {type(error).__name__}: {error}") from error
 
 
+def _validate_lora(cfg: GrpoConfig) -> None:
+    lora = cfg.model.lora
+    _require(lora.rank >= 0, f"model.lora.rank={lora.rank} must be >= 0 (0 trains every weight)")
+    _require(lora.rank == 0 or lora.alpha > 0, f"model.lora.alpha={lora.alpha} must be > 0")
+    _require(lora.rank == 0 or cfg.algorithm.ref_reset_every == 0,
+             "algorithm.ref_reset_every needs full fine-tuning: with model.lora.rank > 0 the reference is "
+             "the base model with the adapters off; set model.lora.rank=0 or algorithm.ref_reset_every=0")
+
+
 def validate(cfg: GrpoConfig) -> GrpoConfig:
     """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
     _validate_algorithm(cfg.algorithm)
@@ -360,6 +379,7 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _validate_trainer(cfg)
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
+    _validate_lora(cfg)
     _validate_data(cfg.data)
     _validate_process(cfg)
     validate_rewards(cfg.reward)

@@ -14,12 +14,13 @@ holds the global batch, computes the normalisers on it, and back-propagates its 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli import distributed
+from grpo_cli import distributed, lora
 from grpo_cli.algorithms import compute_loss
 from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
@@ -52,20 +53,55 @@ def disable_dropout(model):
     return model
 
 
+@dataclass
+class Export:
+    """What a checkpoint holds of the policy: Hugging Face weights that from_pretrained loads
+    (LoRA merged in) and, with LoRA, the adapters a resumed run continues from."""
+
+    model: object  # the transformers model: its config, and its weights when `weights` is None
+    weights: dict | None = None  # whole weights under the base model's names
+    adapter_model: object | None = None  # the PEFT model
+    adapter_weights: dict | None = None  # its whole state dict (save_pretrained keeps the adapters)
+
+    def write(self, folder: Path) -> None:
+        if self.weights is not None:
+            self.weights = {k: v for k, v in self.weights.items() if k not in tied_duplicates(self.model)}
+        self.model.save_pretrained(folder, safe_serialization=True, state_dict=self.weights)
+        if self.adapter_model is not None:
+            self.adapter_model.save_pretrained(folder / lora.ADAPTER_DIR, state_dict=self.adapter_weights)
+
+
+def tied_duplicates(model) -> set[str]:
+    """Names under which an already-named parameter appears again (tied embeddings): a
+    gathered state dict holds a copy under each, save_pretrained of the model itself one."""
+    seen, duplicates = set(), set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen:
+            duplicates.add(name)
+        seen.add(id(parameter))
+    return duplicates
+
+
 class Learner:
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype, total_optimizer_steps: int,
                  policy_path: str | None = None, ranks: Ranks = Ranks()):
         """The policy loads from `policy_path` (a checkpoint on resume); the reference, when
-        the KL coefficient is non-zero, always from the configured base model."""
+        the KL coefficient is non-zero, always from the configured base model. With LoRA the
+        base always loads from the configured model, the adapters from the checkpoint, and
+        the reference is the policy with its adapters off."""
         self.cfg = cfg
         self.device = device
         self.ranks = ranks
-        self.model = disable_dropout(self._load(policy_path or cfg.model.name_or_path, dtype))
+        self.uses_lora = cfg.model.lora.rank > 0
+        base = self._load(cfg.model.name_or_path if self.uses_lora else policy_path or cfg.model.name_or_path, dtype)
         if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            base.gradient_checkpointing_enable()
+            base.enable_input_require_grads()  # frozen embeddings must still pass gradients on to LoRA
+        self.model = disable_dropout(lora.attach(base, cfg.model.lora, policy_path) if self.uses_lora else base)
+        self.lora_scalings = lora.scalings(self.model) if self.uses_lora else {}
         self.model.train()  # for gradient checkpointing; dropout is off
         self.reference = None
-        if cfg.algorithm.kl_coef > 0:
+        if cfg.algorithm.kl_coef > 0 and not self.uses_lora:
             self.reference = self._load(cfg.model.name_or_path, dtype).eval().requires_grad_(False)
         if ranks.active:
             distributed.shard(self.model)
@@ -89,8 +125,21 @@ class Learner:
             ref.mul_(1.0 - alpha).add_(policy.detach(), alpha=alpha)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """What the sampler needs after an update (parameters and buffers, by name)."""
-        return distributed.full_state_dict(self.model, self.ranks)
+        """What the sampler needs after an update: the whole model's parameters and buffers
+        under the base model's names (LoRA merged in)."""
+        state = distributed.full_state_dict(self.model, self.ranks)
+        return lora.merge(state, self.lora_scalings) if self.uses_lora else state
+
+    def export(self) -> "Export":
+        """The policy as a checkpoint writes it. Gathering shards is collective: every rank
+        calls this, rank 0 writes."""
+        if not (self.ranks.active or self.uses_lora):
+            return Export(self.model)
+        state = distributed.full_state_dict(self.model, self.ranks)
+        if not self.uses_lora:
+            return Export(self.model, weights=state)
+        return Export(self.model.get_base_model(), weights=lora.merge(state, self.lora_scalings),
+                      adapter_model=self.model, adapter_weights=state)
 
     def to_train_batch(self, rollouts: Rollouts, overlong_filter: bool = False) -> TrainBatch:
         """Concatenate prompt and completion; advantages are filled in later. With
@@ -157,8 +206,15 @@ class Learner:
         kl_in_reward = a.kl_coef > 0 and a.kl_in == "reward"
         needs_old = a.epochs > 1 or a.mini_batches > 1 or kl_in_reward
         old = self._logprobs_of(self.model, batch) if needs_old else None
-        ref = self._logprobs_of(self.reference, batch) if self.reference is not None else None
-        return replace(batch, old_logprobs=old, ref_logprobs=ref)
+        return replace(batch, old_logprobs=old, ref_logprobs=self._reference_logprobs(batch))
+
+    def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor | None:
+        if self.reference is not None:
+            return self._logprobs_of(self.reference, batch)
+        if self.uses_lora and self.cfg.algorithm.kl_coef > 0:
+            with self.model.disable_adapter():
+                return self._logprobs_of(self.model, batch)
+        return None
 
     def _to_device(self, batch: TrainBatch) -> TrainBatch:
         move = lambda t: None if t is None else t.to(self.device)  # noqa: E731

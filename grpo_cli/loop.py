@@ -205,11 +205,10 @@ def save_checkpoint(run: Run, step: int, base_eval: EvalResult | None):
     """Every rank takes part in gathering the sharded state; rank 0 writes it."""
     state = {"learner": run.learner.state_dict(), "difficulty": run.difficulty.state_dict(),
              "base_eval": None if base_eval is None else base_eval.to_dict()}
-    weights = run.learner.weights() if run.ranks.active else None
+    policy = run.learner.export()
     path = checkpoint.checkpoint_root(run.cfg.output_dir) / f"step_{step}"
     if run.ranks.main:
-        path = checkpoint.save(run.cfg.output_dir, step, run.learner.model, run.tokenizer, state,
-                               keep_last=run.cfg.trainer.keep_last, weights=weights)
+        path = checkpoint.save(run.cfg.output_dir, step, policy, run.tokenizer, state, keep_last=run.cfg.trainer.keep_last)
     run.ranks.barrier()
     return path
 

@@ -3,7 +3,8 @@ half of every mini-batch under FSDP2, must log what one process logs for the sam
 The cases cover the global statistics the ranks must share: the KL reference and μ = 2
 (ℓ_old recomputed, ratios off 1), DAPO's dynamic sampling with an odd number of prompts
 (uneven shares) and micro-batches by token budget (uneven micro-batch counts), and
-REINFORCE++'s batch-wide advantage normalisation."""
+REINFORCE++'s batch-wide advantage normalisation, and LoRA (adapters sharded, the reference
+being the adapters switched off, merged weights pushed and saved)."""
 
 import json
 import os
@@ -21,6 +22,7 @@ CASES = {
     "grpo_kl_two_epochs": ["trainer.prompts_per_step=4", "algorithm.epochs=2"],
     "dapo_uneven": ["algorithm=dapo", "trainer.prompts_per_step=5", "trainer.micro_batch_tokens=300"],
     "reinforce_pp": ["algorithm=reinforce_pp", "trainer.prompts_per_step=4", "algorithm.mini_batches=2"],
+    "lora": ["model.lora.rank=4", "trainer.lr=3e-3", "trainer.prompts_per_step=4", "algorithm.epochs=2"],
 }
 
 
