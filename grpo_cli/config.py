@@ -44,6 +44,9 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16: learner weights
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # With dtype=bfloat16 the learner keeps float32 weights and Adam state and computes in
+    # bfloat16 under autocast: a bf16 weight drops any update below 1/256 of itself.
+    fp32_master: bool = True
     lora: LoraConfig = field(default_factory=lambda: LoraConfig())
 
 

@@ -14,7 +14,7 @@ import torch
 
 from grpo_cli.data import PromptSet
 from grpo_cli.rewards.scoring import RewardSet
-from grpo_cli.sampler import SamplingParams
+from grpo_cli.sampler import SamplingParams, prompt_seeds
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -68,13 +68,13 @@ class EvalSamples:
 
 def sample_and_score(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int,
                      rows: range, prompts_per_call: int = 64) -> EvalSamples:
-    """params.n completions for each prompt in `rows`; prompt i is sampled with seed + i, so a
-    share of the rows draws what the whole would."""
+    """params.n completions for each prompt in `rows`; prompt i's seed depends on (seed, i)
+    only, so a share of the rows draws what the whole would."""
     out = EvalSamples([], [], [], [])
     for start in range(rows.start, rows.stop, prompts_per_call):
         index = list(range(start, min(start + prompts_per_call, rows.stop)))
         batch = prompts.take(index)
-        rollouts = sampler.generate(batch, params, seeds=[seed + i for i in index])
+        rollouts = sampler.generate(batch, params, seeds=prompt_seeds(seed, index))
         scores = rewards.score(batch, rollouts, steps=False)
         out.correct += scores.correct.view(len(batch), params.n).sum(-1).tolist()
         out.rewards += scores.total.tolist()

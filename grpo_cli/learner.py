@@ -13,6 +13,7 @@ holds the global batch, computes the normalisers on it, and back-propagates its 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,7 +94,9 @@ class Learner:
         self.device = device
         self.ranks = ranks
         self.uses_lora = cfg.model.lora.rank > 0
-        base = self._load(cfg.model.name_or_path if self.uses_lora else policy_path or cfg.model.name_or_path, dtype)
+        self.mixed = cfg.model.fp32_master and dtype == torch.bfloat16
+        base = self._load(cfg.model.name_or_path if self.uses_lora else policy_path or cfg.model.name_or_path,
+                          torch.float32 if self.mixed else dtype)
         if cfg.model.gradient_checkpointing:
             base.gradient_checkpointing_enable()
             base.enable_input_require_grads()  # frozen embeddings must still pass gradients on to LoRA
@@ -113,6 +116,10 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
         self.temperature = cfg.sampler.temperature
+
+    def _precision(self):
+        """bf16 compute over fp32 master weights, or the weights' own dtype."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.mixed else contextlib.nullcontext()
 
     def _load(self, path: str, dtype: torch.dtype):
         return AutoModelForCausalLM.from_pretrained(
@@ -196,7 +203,8 @@ class Learner:
     def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
         out = torch.zeros(batch.loss_mask.shape)
         for index, micro in self._rank_micro_batches(batch):
-            logprobs = sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0]
+            with self._precision():
+                logprobs = sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0]
             out[index, :logprobs.shape[1]] = logprobs[:len(index)].cpu()  # an idle micro-batch writes nothing
         return self.ranks.sum(out) * batch.loss_mask
 
@@ -243,8 +251,9 @@ class Learner:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
         for _, micro in self._rank_micro_batches(batch):
-            logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
-                                                  chunk=self.cfg.trainer.logprob_chunk)
+            with self._precision():
+                logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
+                                                      chunk=self.cfg.trainer.logprob_chunk)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
             inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
                                 sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,

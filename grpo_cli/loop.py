@@ -27,7 +27,7 @@ from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
 from grpo_cli.learner import Learner
 from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.shutdown import RunStopped, StopRequest
-from grpo_cli.sampler import SamplingParams
+from grpo_cli.sampler import SamplingParams, prompt_seeds
 from grpo_cli.types import Rollouts, Scores, TrainBatch
 
 
@@ -70,6 +70,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     if not selection.kept.any():
         return {**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)}
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
+    run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
     train_batch = run.learner.add_logprobs(run.learner.to_train_batch(rollouts, algorithm.overlong_filter))
     clock.lap("logprobs")
     advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs.from_scores(
@@ -95,8 +96,7 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
     mine = run.ranks.share(len(rows))
     batch = run.train_prompts.take([rows[i] for i in mine])
     run.sampler.wake()
-    rollouts = run.sampler.generate(batch, run.train_params, seeds=[seed + i for i in mine])
-    run.sampler.sleep()
+    rollouts = run.sampler.generate(batch, run.train_params, seeds=prompt_seeds(seed, mine))
     clock.lap("generate")
     scores = run.rewards.score(batch, rollouts)
     if run.ranks.active:
@@ -193,7 +193,6 @@ def run_eval(run: Run, step: int) -> EvalResult | None:
     run.sampler.wake()
     mine = sample_and_score(run.sampler, run.eval_prompts, run.rewards, run.eval_params,
                             seed=derived_seed(run.cfg.seed, 0, 2), rows=run.ranks.share(len(run.eval_prompts)))
-    run.sampler.sleep()
     return EvalSamples.merge(run.ranks.gather(mine)).summary(run.eval_params.n)
 
 

@@ -143,3 +143,22 @@ def test_reference_reset_mixes_policy_into_reference(make_cfg, alpha):
     for ref, old, policy in zip(learner.reference.parameters(), before, learner.model.parameters()):
         assert torch.allclose(ref, alpha * policy + (1 - alpha) * old, atol=1e-6)
     assert "reference" in learner.state_dict()
+
+
+@pytest.mark.parametrize("fp32_master", [True, False])
+def test_bf16_with_fp32_master_weights_keeps_small_updates(make_cfg, rollouts, fp32_master):
+    """At lr 1e-6 Adam moves each weight by about 1e-6: below half a bf16 ulp of most weights,
+    so bf16 weights stay put, while fp32 master weights move."""
+    cfg = make_cfg("model.dtype=bfloat16", f"model.fp32_master={str(fp32_master).lower()}", "trainer.lr=1e-6",
+                   "trainer.warmup_steps=0")
+    learner = Learner(cfg, torch.device("cpu"), torch.bfloat16, total_optimizer_steps=10)
+    assert next(learner.model.parameters()).dtype == (torch.float32 if fp32_master else torch.bfloat16)
+    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch.advantages = torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    learner.optimizer_step(batch)
+    moved = sum(int((p.detach() != b).sum()) for p, b in zip(learner.model.parameters(), before))
+    total = sum(b.numel() for b in before)
+    assert (moved / total > 0.9) if fp32_master else (moved / total < 0.1), moved / total
+    pushed = learner.weights()
+    assert all(torch.isfinite(v.float()).all() for v in pushed.values())

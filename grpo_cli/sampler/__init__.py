@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from grpo_cli.sampler.base import Sampler, SamplingParams
+from grpo_cli.sampler.base import Sampler, SamplingParams, prompt_seeds
 
 SAMPLERS = {
     "hf": "grpo_cli.sampler.hf:HFSampler",
@@ -24,4 +24,4 @@ def engine(name: str) -> type:
     return getattr(import_module(module), cls)
 
 
-__all__ = ["SAMPLERS", "Sampler", "SamplingParams", "engine"]
+__all__ = ["SAMPLERS", "Sampler", "SamplingParams", "engine", "prompt_seeds"]

@@ -21,6 +21,13 @@ class SamplingParams:
     max_new_tokens: int
 
 
+def prompt_seeds(base: int, slots) -> list[int]:
+    """One seed per prompt slot, unrelated to its neighbours' (base + slot would make the
+    next step's prompt 0 share a stream with this step's prompt 16, and vLLM seeds a prompt's
+    n samples with seed + j)."""
+    return [hash((base, slot)) % 2**62 for slot in slots]
+
+
 class Sampler(Protocol):
     def generate(self, batch: PromptBatch, params: SamplingParams, seeds: list[int]) -> Rollouts:
         """n completions for every prompt; a prompt's completions depend only on its own seed
@@ -30,7 +37,8 @@ class Sampler(Protocol):
         """Replace the engine's weights in place with the learner's."""
 
     def sleep(self) -> None:
-        """Release accelerator memory while the learner trains."""
+        """Release accelerator memory while the learner trains; the weights may go with it
+        (the next load_weights brings them back)."""
 
     def wake(self) -> None:
-        """Take the memory back before generating."""
+        """Take the memory back before generating; nothing when awake."""
