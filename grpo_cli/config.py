@@ -61,6 +61,7 @@ class SamplerConfig:
     batch_size: int = 512  # sequences generated at once (hf)
     gpu_memory_utilization: float = 0.5  # vllm
     enforce_eager: bool = False  # vllm
+    stop: list = field(default_factory=list)  # vllm: stop strings, kept in the completion
 
 
 @dataclass
@@ -265,6 +266,8 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
     _require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be >= 0 (0 = off)")
     _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens={s.max_new_tokens} must be >= 1")
     _require(s.batch_size >= 1, f"sampler.batch_size={s.batch_size} must be >= 1")
+    _require(not s.stop or s.name == "vllm", f"sampler.stop={list(s.stop)}: stop strings need sampler=vllm; the hf "
+             f"sampler stops at EOS only (drop sampler.stop)")
     _require(cfg.eval.k >= 1, f"eval.k={cfg.eval.k} must be >= 1")
     _require(cfg.eval.temperature > 0, f"eval.temperature={cfg.eval.temperature} must be > 0")
 
