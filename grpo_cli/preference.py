@@ -1,0 +1,114 @@
+"""Offline preference losses: DPO (Rafailov et al. 2023, arXiv 2305.18290), IPO (Azar et al.
+2023, arXiv 2310.12036), and their group-robust forms GR-DPO / GR-IPO (Ramesh et al. 2024,
+arXiv 2405.20304; ALGORITHMS.md §6). Not DeepSeek's GRPO: there is no sampler and no reward.
+
+A pair's margin is h = [ℓ(y_w) − ℓ_ref(y_w)] − [ℓ(y_l) − ℓ_ref(y_l)], with ℓ the sequence
+log-prob summed over response tokens. DPO's loss is the positive −log σ(βh) (§6.6: the
+paper's Algorithm section writes it without the minus, which would up-weight the best group).
+
+The group-robust step is the authors' mini-batch form (§6.4): group losses
+G_g = N · Σ_{i∈B, g_i=g} l_i / N_g, weights α ← normalise(α ⊙ exp(η_α · G)), policy loss
+Σ_g α_g G_g with the updated α (detached). Where we differ: the exponentiated-gradient step is
+taken in log space (log α + η_α G, then a softmax), which is the same update but keeps α on
+the simplex, with no inf or NaN, however large the losses. Weightings are picked from
+WEIGHTINGS by name: `mean` (plain DPO / IPO: the batch mean) and `group_robust`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PairLogprobs:
+    """Summed response log-probs of B preference pairs ([B] each) and their group ids ([B] long, 0..K-1)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    groups: torch.Tensor
+
+    def margins(self) -> torch.Tensor:
+        """h_θ per pair ([B])."""
+        return (self.chosen - self.ref_chosen) - (self.rejected - self.ref_rejected)
+
+
+@dataclass
+class GroupState:
+    """What the group-robust weighting carries between steps (checkpointed with the trainer).
+
+    alpha: [K] on the simplex; sizes: [K] pairs per group in the training set (N_g)."""
+
+    alpha: torch.Tensor
+    sizes: torch.Tensor
+
+    @staticmethod
+    def uniform(sizes: list[int]) -> "GroupState":
+        k = len(sizes)
+        return GroupState(alpha=torch.full((k,), 1.0 / k, dtype=torch.float64),
+                          sizes=torch.tensor(sizes, dtype=torch.float64))
+
+
+@dataclass
+class PreferenceLoss:
+    """loss: the scalar to back-propagate; per_pair: [B] detached losses; alpha: [K] after the step."""
+
+    loss: torch.Tensor
+    per_pair: torch.Tensor
+    alpha: torch.Tensor
+
+
+def dpo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """−log σ(βh) ≥ 0, as softplus(−βh) for stability ([B] -> [B])."""
+    return F.softplus(-beta * h)
+
+
+def ipo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """(h − 1/(2β))² ([B] -> [B])."""
+    return (h - 1.0 / (2.0 * beta)) ** 2
+
+
+PAIR_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss}
+
+
+def group_losses(per_pair: torch.Tensor, groups: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """G_g = N · Σ_{i∈B, g_i=g} l_i / N_g ([B], [B], [K] -> [K]); 0 for a group absent from B."""
+    sums = torch.zeros(len(sizes), dtype=per_pair.dtype, device=per_pair.device).index_add(0, groups, per_pair)
+    return sums * (sizes.sum() / sizes).to(per_pair)
+
+
+def updated_alpha(alpha: torch.Tensor, group_loss: torch.Tensor, eta: float) -> torch.Tensor:
+    """α ← normalise(α ⊙ exp(η·G)), computed as softmax(log α + η·G) ([K], [K] -> [K])."""
+    return torch.softmax(alpha.double().log() + eta * group_loss.detach().double(), dim=0)
+
+
+def mean_weighting(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
+    """Plain DPO / IPO: the batch mean; α is left as it is."""
+    return per_pair.mean(), state.alpha
+
+
+def group_robust_weighting(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
+    """Σ_g α_g G_g with α updated first from this batch's G (§6.4)."""
+    group_loss = group_losses(per_pair, groups, state.sizes)
+    alpha = updated_alpha(state.alpha, group_loss, eta)
+    return (alpha.to(group_loss) * group_loss).sum(), alpha
+
+
+WEIGHTINGS = {"mean": mean_weighting, "group_robust": group_robust_weighting}
+
+
+def preference_loss(pairs: PairLogprobs, state: GroupState, loss: str, weighting: str, beta: float,
+                    eta: float) -> PreferenceLoss:
+    """The configured pair loss, weighted across the batch; the caller stores the new α."""
+    per_pair = PAIR_LOSSES[loss](pairs.margins(), beta)
+    total, alpha = WEIGHTINGS[weighting](per_pair, pairs.groups, state, eta)
+    return PreferenceLoss(loss=total, per_pair=per_pair.detach(), alpha=alpha)
+
+
+def preference_accuracy(pairs: PairLogprobs) -> torch.Tensor:
+    """Per pair ([B] bool): the policy ranks chosen above rejected relative to the reference, h > 0."""
+    return pairs.margins() > 0
