@@ -79,6 +79,10 @@ class DataConfig:
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 512  # longer prompts are dropped and counted
     dedupe: bool = False  # drop repeated prompts (DAPO-Math-17k repeats each about 100 times)
+    # Preference pairs (dpo, ipo, gr_dpo, gr_ipo); `{group}` in the template puts the group in the prompt.
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    group_key: Optional[str] = None  # None: every pair in one group
 
 
 @dataclass

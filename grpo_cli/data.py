@@ -8,7 +8,8 @@ a chat message list (DAPO-Math-17k), those messages; with `chat_template` it is 
 tokenizer's chat template (and the optional system prompt). The reference answer is read from
 `answer_key` (dotted for nested fields), optionally cut out by `answer_pattern`, and handed to
 the rewards as the `answer` column. Prompts longer than `max_prompt_tokens` are dropped and
-counted, and so are repeated prompts with `dedupe`. The order of prompts for step s is a function of
+counted, and so are repeated prompts with `dedupe`. Preference pairs (`load_pairs`) render
+their prompt the same way and add the chosen and rejected responses and a group. The order of prompts for step s is a function of
 (seed, s) alone, so a resumed run sees the same prompts as an uninterrupted one.
 """
 
@@ -196,4 +197,86 @@ def step_indices(num_rows: int, per_step: int, step: int, seed: int) -> list[int
         take = min(per_step - len(out), num_rows - offset)
         out.extend(order[offset:offset + take].tolist())
         position += take
+    return out
+
+
+@dataclass
+class PairSet:
+    """Preference pairs of one split, P pairs in file order.
+
+    prompt_ids / chosen_ids / rejected_ids: P token-id lists (responses end with EOS).
+    groups: [P] long, indices into group_names (shared by a run's splits)."""
+
+    prompt_ids: list[list[int]]
+    chosen_ids: list[list[int]]
+    rejected_ids: list[list[int]]
+    groups: torch.Tensor
+    group_names: list[str]
+    examples: list[dict]
+    dropped_too_long: int = 0
+    dropped_ties: int = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def sizes(self) -> list[int]:
+        """N_g: pairs per group."""
+        return torch.bincount(self.groups, minlength=len(self.group_names)).tolist()
+
+
+def pair_group(row: dict, data_cfg, where: str) -> str:
+    if data_cfg.group_key is None:
+        return "all"
+    value = lookup(row, data_cfg.group_key)
+    if value is None:
+        raise UserError(f"{where} has no column {data_cfg.group_key!r} (columns: {', '.join(row)}); "
+                        f"fix data.group_key or the file")
+    return str(value)
+
+
+def response_text(row: dict, key: str, where: str) -> str:
+    value = lookup(row, key)
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{where}: column {key!r} is missing or not a non-empty string (columns: {', '.join(row)}); "
+                        f"fix data.chosen_key / data.rejected_key or the file")
+    return value
+
+
+def load_pairs(path: str, split: str, data_cfg, tokenizer, group_names: list[str] | None = None) -> PairSet:
+    """Rows of prompt, chosen, rejected (and group) -> token ids. `group_names` fixes the groups
+    (the training split's, for the held-out one); otherwise they are the sorted names found.
+    Pairs whose two responses are equal say nothing and are dropped and counted."""
+    rows = load_rows(path, split, data_cfg.subset)
+    renderer = PromptRenderer(data_cfg, tokenizer)
+    parsed = []
+    for line, row in enumerate(rows, start=1):
+        where = f"{path}: row {line}"
+        missing = sorted(key for key in template_fields(data_cfg.template) if row.get(key) is None)
+        if missing:
+            raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(row)}); fix data.template or the file")
+        parsed.append((row, pair_group(row, data_cfg, where), response_text(row, data_cfg.chosen_key, where),
+                       response_text(row, data_cfg.rejected_key, where)))
+    names = group_names or sorted({group for _, group, _, _ in parsed})
+    unknown = sorted({group for _, group, _, _ in parsed} - set(names))
+    if unknown:
+        raise UserError(f"{path}: group {unknown[0]!r} is not among the training groups {names}")
+    out = PairSet([], [], [], torch.zeros(0, dtype=torch.long), names, [])
+    groups = []
+    respond = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+    for row, group, chosen, rejected in parsed:
+        if chosen == rejected:
+            out.dropped_ties += 1
+            continue
+        prompt = renderer.ids(renderer.text(renderer.messages(row)))
+        if len(prompt) > data_cfg.max_prompt_tokens:
+            out.dropped_too_long += 1
+            continue
+        out.prompt_ids.append(prompt)
+        out.chosen_ids.append(respond(chosen))
+        out.rejected_ids.append(respond(rejected))
+        out.examples.append(row)
+        groups.append(names.index(group))
+    if not out.examples:
+        raise UserError(f"{path}: no usable preference pair (ties: {out.dropped_ties}, prompts too long: {out.dropped_too_long})")
+    out.groups = torch.tensor(groups, dtype=torch.long)
     return out
