@@ -141,9 +141,10 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
 
 
 def train_command(cfg, config_yaml: str, overrides: list[str]) -> int:
-    from grpo_cli.loop import train
+    from grpo_cli import loop, offline
     from grpo_cli.metrics import console, results_table
 
+    train = {"rl": loop.train, "preference": offline.train}[cfg.algorithm.objective]
     summary = train(cfg, config_yaml, overrides)
     Path(summary["run_dir"], "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = {label: _headline(summary[key]) for label, key in (("base", "base"), ("trained", "final")) if summary[key]}
@@ -157,7 +158,10 @@ def train_command(cfg, config_yaml: str, overrides: list[str]) -> int:
 
 
 def _headline(result: dict) -> dict:
-    return {k: result[k] for k in ("accuracy", "pass_at_k", "k", "n", "mean_length")}
+    """The table's columns: task accuracy, or per-group preference accuracy."""
+    keys = ("accuracy", "pass_at_k", "k", "n", "mean_length", "worst_group_accuracy", "mean_group_accuracy")
+    groups = {name: v["preference_accuracy"] for name, v in result.get("groups", {}).items()}
+    return {**{k: result[k] for k in keys if k in result}, **groups}
 
 
 def eval_command(cfg, config_yaml: str, overrides: list[str]) -> int:
@@ -165,10 +169,16 @@ def eval_command(cfg, config_yaml: str, overrides: list[str]) -> int:
     from grpo_cli.metrics import console, results_table
     from grpo_cli.runtime import run_evaluation
 
-    result, weights = run_evaluation(cfg, evaluate)
-    console.print(results_table(f"eval: {weights}\non {cfg.data.eval_path}", {Path(weights).name: _headline(result.to_dict())}))
+    if cfg.algorithm.objective == "preference" or cfg.data.group_key is not None:  # preference pairs
+        from grpo_cli.offline import evaluate_pairs
+
+        figures, weights = evaluate_pairs(cfg)
+    else:
+        result, weights = run_evaluation(cfg, evaluate)
+        figures = result.to_dict()
+    console.print(results_table(f"eval: {weights}\non {cfg.data.eval_path}", {Path(weights).name: _headline(figures)}))
     if cfg.eval.output:
-        record = {**result.to_dict(), "model": weights, "data": cfg.data.eval_path}
+        record = {**figures, "model": weights, "data": cfg.data.eval_path}
         Path(cfg.eval.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.eval.output).write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {cfg.eval.output}")

@@ -143,6 +143,12 @@ class AlgorithmConfig:
     ref_mix_alpha: float = 1.0  # reset to α·π_θ + (1-α)·π_ref: 1 = hard copy; TR-DPO / TRL use 0.6
     epochs: int = 1  # μ: update passes over each generation batch
     mini_batches: int = 1  # optimizer steps per pass
+    # Offline preference optimisation (preference.py, ALGORITHMS.md §6): no sampler, no reward.
+    objective: str = "rl"  # rl (sample, score, update) | preference (pairs: dpo, ipo, gr_dpo, gr_ipo)
+    pair_loss: str = "dpo"  # dpo: -log σ(βh) | ipo: (h - 1/(2β))²
+    group_weighting: str = "mean"  # mean (DPO / IPO) | group_robust (GR-DPO / GR-IPO)
+    beta: float = 0.1
+    eta_alpha: float = 0.01  # GR step size on α (authors' default config)
 
 
 @dataclass
@@ -229,6 +235,13 @@ def _require_name(value: str, registry: dict, key: str) -> None:
 def _validate_algorithm(a: AlgorithmConfig) -> None:
     from grpo_cli import algorithms as alg
 
+    from grpo_cli import preference
+
+    _require(a.objective in ("rl", "preference"), f"algorithm.objective={a.objective!r}: use rl or preference")
+    _require_name(a.pair_loss, preference.PAIR_LOSSES, "algorithm.pair_loss")
+    _require_name(a.group_weighting, preference.WEIGHTINGS, "algorithm.group_weighting")
+    _require(a.beta > 0, f"algorithm.beta={a.beta} must be > 0")
+    _require(a.eta_alpha >= 0, f"algorithm.eta_alpha={a.eta_alpha} must be >= 0")
     _require_name(a.group_filter, alg.GROUP_FILTERS, "algorithm.group_filter")
     _require_name(a.advantage, alg.ADVANTAGES, "algorithm.advantage")
     _require_name(a.ratio, alg.RATIOS, "algorithm.ratio")

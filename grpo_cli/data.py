@@ -205,9 +205,12 @@ class PairSet:
     """Preference pairs of one split, P pairs in file order.
 
     prompt_ids / chosen_ids / rejected_ids: P token-id lists (responses end with EOS).
+    prompts: P rendered prompt texts; messages: the chat messages they were rendered from.
     groups: [P] long, indices into group_names (shared by a run's splits)."""
 
     prompt_ids: list[list[int]]
+    prompts: list[str]
+    messages: list[list[dict]]
     chosen_ids: list[list[int]]
     rejected_ids: list[list[int]]
     groups: torch.Tensor
@@ -260,18 +263,22 @@ def load_pairs(path: str, split: str, data_cfg, tokenizer, group_names: list[str
     unknown = sorted({group for _, group, _, _ in parsed} - set(names))
     if unknown:
         raise UserError(f"{path}: group {unknown[0]!r} is not among the training groups {names}")
-    out = PairSet([], [], [], torch.zeros(0, dtype=torch.long), names, [])
+    out = PairSet([], [], [], [], [], torch.zeros(0, dtype=torch.long), names, [])
     groups = []
     respond = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
     for row, group, chosen, rejected in parsed:
         if chosen == rejected:
             out.dropped_ties += 1
             continue
-        prompt = renderer.ids(renderer.text(renderer.messages(row)))
+        messages = renderer.messages(row)
+        text = renderer.text(messages)
+        prompt = renderer.ids(text)
         if len(prompt) > data_cfg.max_prompt_tokens:
             out.dropped_too_long += 1
             continue
         out.prompt_ids.append(prompt)
+        out.prompts.append(text)
+        out.messages.append(messages)
         out.chosen_ids.append(respond(chosen))
         out.rejected_ids.append(respond(rejected))
         out.examples.append(row)

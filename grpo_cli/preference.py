@@ -8,10 +8,12 @@ paper's Algorithm section writes it without the minus, which would up-weight the
 
 The group-robust step is the authors' mini-batch form (§6.4): group losses
 G_g = N · Σ_{i∈B, g_i=g} l_i / N_g, weights α ← normalise(α ⊙ exp(η_α · G)), policy loss
-Σ_g α_g G_g with the updated α (detached). Where we differ: the exponentiated-gradient step is
+Σ_g α_g G_g with the updated α (detached), written as per-pair weights α_g N / N_g so that a
+mini-batch can be split into micro-batches. Where we differ: the exponentiated-gradient step is
 taken in log space (log α + η_α G, then a softmax), which is the same update but keeps α on
 the simplex, with no inf or NaN, however large the losses. Weightings are picked from
-WEIGHTINGS by name: `mean` (plain DPO / IPO: the batch mean) and `group_robust`.
+WEIGHTINGS by name: `mean` (plain DPO / IPO: the batch mean) and `group_robust`; each returns
+per-pair weights and the new α.
 """
 
 from __future__ import annotations
@@ -86,27 +88,34 @@ def updated_alpha(alpha: torch.Tensor, group_loss: torch.Tensor, eta: float) -> 
     return torch.softmax(alpha.double().log() + eta * group_loss.detach().double(), dim=0)
 
 
-def mean_weighting(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
-    """Plain DPO / IPO: the batch mean; α is left as it is."""
-    return per_pair.mean(), state.alpha
+def mean_weights(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
+    """Plain DPO / IPO: every pair 1/B (the batch mean); α is left as it is."""
+    return torch.full_like(per_pair, 1.0 / len(per_pair)), state.alpha
 
 
-def group_robust_weighting(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
-    """Σ_g α_g G_g with α updated first from this batch's G (§6.4)."""
-    group_loss = group_losses(per_pair, groups, state.sizes)
-    alpha = updated_alpha(state.alpha, group_loss, eta)
-    return (alpha.to(group_loss) * group_loss).sum(), alpha
+def group_robust_weights(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
+    """α updated first from this batch's G (§6.4), then pair i weighs α_g N / N_g for its group
+    g, so Σ_i w_i l_i = Σ_g α_g G_g and the gradient flows through G only."""
+    alpha = updated_alpha(state.alpha, group_losses(per_pair, groups, state.sizes), eta)
+    per_group = (alpha * state.sizes.sum() / state.sizes).to(per_pair)
+    return per_group[groups], alpha
 
 
-WEIGHTINGS = {"mean": mean_weighting, "group_robust": group_robust_weighting}
+WEIGHTINGS = {"mean": mean_weights, "group_robust": group_robust_weights}
+
+
+def pair_losses(pairs: PairLogprobs, loss: str, beta: float) -> torch.Tensor:
+    """The configured per-pair loss ([B])."""
+    return PAIR_LOSSES[loss](pairs.margins(), beta)
 
 
 def preference_loss(pairs: PairLogprobs, state: GroupState, loss: str, weighting: str, beta: float,
                     eta: float) -> PreferenceLoss:
-    """The configured pair loss, weighted across the batch; the caller stores the new α."""
-    per_pair = PAIR_LOSSES[loss](pairs.margins(), beta)
-    total, alpha = WEIGHTINGS[weighting](per_pair, pairs.groups, state, eta)
-    return PreferenceLoss(loss=total, per_pair=per_pair.detach(), alpha=alpha)
+    """One mini-batch in one piece: weights from the detached losses, then Σ_i w_i l_i. (With
+    micro-batches the caller computes the weights from a first, gradient-free pass.)"""
+    per_pair = pair_losses(pairs, loss, beta)
+    weights, alpha = WEIGHTINGS[weighting](per_pair.detach(), pairs.groups, state, eta)
+    return PreferenceLoss(loss=(weights * per_pair).sum(), per_pair=per_pair.detach(), alpha=alpha)
 
 
 def preference_accuracy(pairs: PairLogprobs) -> torch.Tensor:

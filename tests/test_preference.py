@@ -3,18 +3,26 @@
 import pytest
 import torch
 
-from grpo_cli.preference import (GroupState, PairLogprobs, dpo_loss, group_losses, group_robust_weighting, ipo_loss,
-                                 mean_weighting, preference_accuracy, preference_loss, updated_alpha)
+from grpo_cli.preference import (GroupState, PairLogprobs, dpo_loss, group_losses, group_robust_weights, ipo_loss,
+                                 mean_weights, preference_accuracy, preference_loss, updated_alpha)
 
 SIZES = [300, 100]  # §8.8: K = 2, N_1 = 300, N_2 = 100
 
 
 def test_alpha_update_and_policy_step_weight_of_8_8():
-    per_pair = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)  # one pair, from group 2
-    loss, alpha = group_robust_weighting(per_pair, torch.tensor([1]), GroupState.uniform(SIZES), eta=0.01)
+    per_pair = torch.tensor([0.7], dtype=torch.float64)  # one pair, from group 2
+    weights, alpha = group_robust_weights(per_pair, torch.tensor([1]), GroupState.uniform(SIZES), eta=0.01)
     assert alpha.tolist() == pytest.approx([0.4930005, 0.5069995], abs=1e-7)
-    loss.backward()
-    assert per_pair.grad.item() == pytest.approx(2.0279982, abs=1e-7)  # N·α_2/N_2 with the updated α
+    assert weights.item() == pytest.approx(2.0279982, abs=1e-7)  # N·α_2/N_2 with the updated α: dloss/dl
+
+
+def test_weights_times_losses_is_the_weighted_group_loss():
+    """Σ_i w_i l_i = Σ_g α_g G_g (§6.4) with the updated α."""
+    state = GroupState.uniform([50, 30, 20])
+    per_pair = torch.tensor([0.5, 0.9, 0.2, 1.3], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1, 2])
+    weights, alpha = group_robust_weights(per_pair, groups, state, eta=0.1)
+    assert float((weights * per_pair).sum()) == pytest.approx(float((alpha * group_losses(per_pair, groups, state.sizes)).sum()))
 
 
 def test_the_wrong_sign_moves_alpha_the_wrong_way():
@@ -59,7 +67,7 @@ def test_a_group_absent_from_the_batch_has_zero_loss_and_loses_weight():
     groups = torch.tensor([0, 0, 1])
     G = group_losses(per_pair, groups, state.sizes)
     assert G.tolist() == pytest.approx([100 * 1.4 / 50, 100 * 0.2 / 30, 0.0])
-    _, alpha = group_robust_weighting(per_pair, groups, state, eta=0.1)
+    _, alpha = group_robust_weights(per_pair, groups, state, eta=0.1)
     assert alpha[2] < 1 / 3 and alpha[0] > alpha[1] > alpha[2]
 
 
@@ -80,4 +88,4 @@ def test_plain_dpo_is_the_batch_mean_and_keeps_alpha():
     expected = (torch.nn.functional.softplus(torch.tensor(-0.5)) + torch.nn.functional.softplus(torch.tensor(0.5))) / 2
     assert out.loss.item() == pytest.approx(expected.item())
     assert torch.equal(out.alpha, state.alpha)
-    assert mean_weighting(out.per_pair, pairs.groups, state, 0.01)[0].item() == pytest.approx(expected.item())
+    assert mean_weights(out.per_pair, pairs.groups, state, 0.01)[0].tolist() == [0.5, 0.5]

@@ -1,0 +1,84 @@
+"""The offline preference run on the shipped tiny model and the embedded pairs: batch layout,
+micro-batches that give the step of one pass, α checkpointed and resumed, errors."""
+
+import json
+
+import pytest
+import torch
+
+from grpo_cli import offline
+from grpo_cli.cli import main
+from grpo_cli.logprobs import sequence_logprobs
+from test_config import composed
+
+PAIRS = ["data=arithmetic_pairs", "trainer.prompts_per_step=8", "trainer.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = composed(f"output_dir={tmp_path_factory.mktemp('run')}", "algorithm=gr_dpo", *PAIRS)
+    return offline.build(cfg, cfg.model.name_or_path)
+
+
+def test_pair_batch_puts_chosen_then_rejected_and_masks_the_responses(run):
+    batch = offline.pair_batch(run.train, [0, 1, 2], run.tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == 6
+    assert batch.loss_mask.sum(-1).tolist() == [len(run.train.chosen_ids[i]) for i in range(3)] + \
+        [len(run.train.rejected_ids[i]) for i in range(3)]
+    one = offline.pair_batch(run.train, [1], run.tokenizer.pad_token_id)
+    direct = (sequence_logprobs(run.learner.model, one, 1.0)[0] * one.loss_mask).sum(-1)
+    many = offline.sums_of(run.learner.model, run.train, [0, 1, 2], run.tokenizer.pad_token_id, torch.device("cpu"),
+                           run.learner._precision, per_call=2)
+    assert many[1].tolist() == pytest.approx(direct.tolist(), abs=1e-4)
+    assert torch.allclose(run.ref_train[:3], many, atol=1e-4)  # the policy has not moved yet: it is the reference
+
+
+def step_result(tmp_path, micro_batch_size):
+    cfg = composed(f"output_dir={tmp_path}", "algorithm=gr_dpo", *PAIRS, f"trainer.micro_batch_size={micro_batch_size}")
+    run = offline.build(cfg, cfg.model.name_or_path)
+    metrics = offline.preference_step(run, 0)
+    return run, metrics
+
+
+def test_micro_batches_take_the_step_of_one_pass(tmp_path):
+    """With micro-batches α comes from a gradient-free first pass; the step is the same."""
+    whole, whole_metrics = step_result(tmp_path / "a", 16)
+    split, split_metrics = step_result(tmp_path / "b", 4)
+    assert torch.allclose(whole.state.alpha, split.state.alpha, atol=1e-6)
+    assert whole_metrics["loss"] == pytest.approx(split_metrics["loss"], abs=1e-6)
+    assert whole_metrics["grad_norm"] == pytest.approx(split_metrics["grad_norm"], rel=1e-4)
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(whole.learner.model.parameters(), split.learner.model.parameters()))
+    assert moved < 1e-5
+
+
+def test_gr_dpo_logs_alpha_checkpoints_it_and_resumes(tmp_path):
+    args = ["train", "algorithm=gr_dpo", *PAIRS, f"output_dir={tmp_path / 'run'}", "trainer.save_every=2"]
+    assert main([*args, "trainer.steps=4"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    alphas = [{k: v for k, v in r.items() if k.startswith("alpha/")} for r in records]
+    assert all(sum(a.values()) == pytest.approx(1.0) and len(a) == 3 for a in alphas)
+    assert alphas[-1]["alpha/long"] > 1 / 3  # the smallest group's losses are scaled by N / N_g
+    assert 0 <= records[-1]["eval/worst_group_accuracy"] <= records[-1]["eval/mean_group_accuracy"] <= 1
+    state = torch.load(tmp_path / "run/checkpoints/step_4/trainer_state.pt", weights_only=False)
+    assert state["alpha"].tolist() == pytest.approx([alphas[-1][f"alpha/{g}"] for g in state["groups"]])
+    assert main([*args, "trainer.steps=6", "resume=auto"]) == 0
+    resumed = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6] and resumed[3] == records[3]
+
+
+def test_preference_training_on_prompt_only_data_names_the_missing_column(tmp_path, capsys):
+    assert main(["train", "algorithm=dpo", f"output_dir={tmp_path / 'run'}"]) != 0
+    err = capsys.readouterr().err
+    assert "column 'chosen' is missing" in err and not (tmp_path / "run").exists()
+
+
+def test_grpo_eval_on_pairs_reports_each_group(tmp_path):
+    """Before training the policy is the reference: no pair is ranked above it (h = 0), and the
+    task accuracy of each group comes from sampling its prompts."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "data=arithmetic_pairs", "eval.k=2", f"eval.output={out}", f"output_dir={tmp_path}"]) == 0
+    figures = json.loads(out.read_text())
+    assert sorted(figures["groups"]) == ["long", "medium", "short"]
+    assert figures["worst_group_accuracy"] == 0.0 and figures["mean_group_accuracy"] == 0.0
+    assert all(g["pairs"] == 60 and 0 < g["task_accuracy"] < 1 for g in figures["groups"].values())
+    assert figures["groups"]["long"]["task_accuracy"] < figures["groups"]["short"]["task_accuracy"]
