@@ -46,10 +46,8 @@ class PreferenceRun:
 def pair_batch(pairs: PairSet, index: list[int], pad_id: int) -> TrainBatch:
     """Rows 0..b-1 the chosen responses, b..2b-1 the rejected: prompt left-padded, response
     right-padded, loss_mask on the response tokens ([2b, P + R] and [2b, R])."""
-    prompts, (chosen, rejected) = [pairs.prompt_ids[i] for i in index], ([pairs.chosen_ids[i] for i in index],
-                                                                          [pairs.rejected_ids[i] for i in index])
-    prompt_ids, prompt_mask = left_pad(prompts * 2, pad_id)
-    responses = chosen + rejected
+    prompt_ids, prompt_mask = left_pad([pairs.prompt_ids[i] for i in index] * 2, pad_id)
+    responses = [pairs.chosen_ids[i] for i in index] + [pairs.rejected_ids[i] for i in index]
     width = max(len(r) for r in responses)
     response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
     for row, ids in enumerate(responses):
