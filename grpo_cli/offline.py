@@ -25,7 +25,7 @@ from grpo_cli.data import PairSet, load_pairs, lookup, step_indices
 from grpo_cli.learner import Learner
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.preference import WEIGHTINGS, GroupState, PairLogprobs, pair_losses
-from grpo_cli.sampler.hf import left_pad
+from grpo_cli.sampler.base import left_pad
 from grpo_cli.types import TrainBatch
 
 
@@ -274,9 +274,13 @@ def task_accuracy(cfg, weights: str, tokenizer, pairs: PairSet, device) -> dict[
     examples = [with_reference(row, cfg.data, cfg.data.eval_path) for row in pairs.examples]
     prompts = PromptSet(pairs.prompt_ids, pairs.prompts, examples, 0, messages=pairs.messages)
     _, params = sampling_params(cfg)
-    with RewardSet(replace(cfg.reward, process=None)) as rewards:
-        samples = sample_and_score(make_sampler(cfg, weights, tokenizer, device), prompts, rewards, params,
-                                   seed=derived_seed(cfg.seed, 0, 2), rows=range(len(prompts)))
+    sampler = make_sampler(cfg, weights, tokenizer, device)
+    try:
+        with RewardSet(replace(cfg.reward, process=None)) as rewards:
+            samples = sample_and_score(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2),
+                                       rows=range(len(prompts)))
+    finally:
+        sampler.close()
     correct = torch.tensor(samples.correct, dtype=torch.float) / params.n
     return {name: float(correct[pairs.groups == g].mean())
             for g, name in enumerate(pairs.group_names) if (pairs.groups == g).any()}

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from grpo_cli.config import UserError
+from grpo_cli.config import DTYPE_NAMES, UserError
 from grpo_cli.data import load_prompts
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
 from grpo_cli.sampler import SamplingParams, engine
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def quiet_libraries() -> None:
@@ -71,10 +71,24 @@ def sampling_params(cfg) -> tuple[SamplingParams, SamplingParams]:
     return train, evaluation
 
 
+def max_model_len(cfg, model_path: str) -> int:
+    """sampler.max_model_len, or the longest prompt plus the larger generation budget, within
+    the model's positions."""
+    from transformers import AutoConfig
+
+    if cfg.sampler.max_model_len:
+        return cfg.sampler.max_model_len
+    wanted = cfg.data.max_prompt_tokens + max(cfg.sampler.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    positions = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code),
+                        "max_position_embeddings", None)
+    return min(wanted, positions) if positions else wanted
+
+
 def make_sampler(cfg, weights_path: str, tokenizer, device: torch.device):
     return engine(cfg.sampler.name)(
-        model_path=weights_path, tokenizer=tokenizer, device=device, dtype=DTYPES[cfg.model.dtype],
-        batch_size=cfg.sampler.batch_size, trust_remote_code=cfg.model.trust_remote_code, sampler_cfg=cfg.sampler)
+        model_path=weights_path, tokenizer=tokenizer, device=device, dtype=DTYPES[cfg.sampler.dtype or cfg.model.dtype],
+        batch_size=cfg.sampler.batch_size, trust_remote_code=cfg.model.trust_remote_code, sampler_cfg=cfg.sampler,
+        max_model_len=max_model_len(cfg, weights_path))
 
 
 def load_and_report(path: str, split: str, cfg, tokenizer, limit: int = 0):
@@ -96,8 +110,7 @@ def load_eval_prompts(cfg, tokenizer):
 
 def preflight(cfg) -> None:
     """What can fail in a second must fail before a folder is made or a model loads."""
-    engine(cfg.sampler.name).check_available()
-    pick_device(cfg.device)
+    engine(cfg.sampler.name).check_available(pick_device(cfg.device))
 
 
 def check_run_dir(cfg, config_yaml: str) -> Path:
@@ -163,8 +176,11 @@ def run_evaluation(cfg, evaluate):
     sampler = make_sampler(cfg, weights, tokenizer, device)
     _, params = sampling_params(cfg)
     outcome_only = replace(cfg.reward, process=None)  # accuracy needs no step rewards
-    with RewardSet(outcome_only) as rewards:
-        result = evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2))
+    try:
+        with RewardSet(outcome_only) as rewards:
+            result = evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2))
+    finally:
+        sampler.close()
     return result, weights
 
 

@@ -29,31 +29,9 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {  # the published configs' sizes (config.json of each hub model)
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-}
+from random_model import SHAPES, make_model
+
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core FLOP/s
-
-
-def make_model(folder: Path, shape: str) -> Path:
-    """Random weights in bf16 and a word-level tokenizer covering every id."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
-
-    dims = SHAPES[shape]
-    config = Qwen2Config(**dims, max_position_embeddings=32768, rope_theta=1e6, bos_token_id=1, eos_token_id=1)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(folder)
-    del model
-    vocab = {"<unk>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, dims["vocab_size"])}}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>").save_pretrained(folder)
-    return folder
 
 
 def build_run(model_dir: Path, run_dir: str, args):
@@ -151,14 +129,14 @@ def main() -> int:
     args = parser.parse_args()
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
-        run = build_run(make_model(Path(folder) / "model", args.shape), str(Path(folder) / "run"), args)
+        run = build_run(make_model(Path(folder) / "model", args.shape, device="cuda"), str(Path(folder) / "run"), args)
         figures.update(generation(run, list(range(args.prompts))))
         figures[f"push_s_{args.shape}"] = push_seconds(run)
         figures.update(step_split(run, args.steps))
         figures.update(learner_throughput(run, args.steps))
     if args.push_shape:
         with tempfile.TemporaryDirectory() as folder:
-            other = build_run(make_model(Path(folder) / "model", args.push_shape), str(Path(folder) / "run"), args)
+            other = build_run(make_model(Path(folder) / "model", args.push_shape, device="cuda"), str(Path(folder) / "run"), args)
             figures[f"push_s_{args.push_shape}"] = push_seconds(other)
     for key, value in figures.items():
         print(f"{key:34s} {value:.4f}" if isinstance(value, float) else f"{key:34s} {value}")

@@ -39,6 +39,19 @@ def make_cfg(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def hf_thirty_steps(tmp_path_factory):
+    """`grpo train` on the embedded default for 30 steps, evaluated on all 200 held-out prompts
+    at steps 0, 15 and 30 and saved at 15 and 30: the run tests/test_train.py checks and the
+    one the vllm sampler's run is held against (tests/test_vllm_train.py)."""
+    from grpo_cli.cli import main
+
+    run_dir = tmp_path_factory.mktemp("hf-thirty") / "run"
+    assert main(["train", f"output_dir={run_dir}", "trainer.steps=30", "trainer.eval_every=15",
+                 "trainer.save_every=15"]) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def eval_prompts(tokenizer):
     from grpo_cli.data import load_prompts
 

@@ -21,6 +21,17 @@ class SamplingParams:
     max_new_tokens: int
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ([B, P] ids, [B, P] mask), padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def prompt_seeds(base: int, slots) -> list[int]:
     """One seed per prompt slot, unrelated to its neighbours' (base + slot would make the
     next step's prompt 0 share a stream with this step's prompt 16, and vLLM seeds a prompt's
@@ -29,6 +40,8 @@ def prompt_seeds(base: int, slots) -> list[int]:
 
 
 class Sampler(Protocol):
+    version: int  # the policy version of the weights it holds (the learner step that made them)
+
     def generate(self, batch: PromptBatch, params: SamplingParams, seeds: list[int]) -> Rollouts:
         """n completions for every prompt; a prompt's completions depend only on its own seed
         (seeds[i] for batch row i), not on the rest of the batch."""
@@ -42,3 +55,6 @@ class Sampler(Protocol):
 
     def wake(self) -> None:
         """Take the memory back before generating; nothing when awake."""
+
+    def close(self) -> None:
+        """Release the engine (threads, memory, distributed state); the sampler is unusable after."""

@@ -17,19 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from grpo_cli.sampler.base import SamplingParams
+from grpo_cli.sampler.base import SamplingParams, left_pad
 from grpo_cli.types import PromptBatch, Rollouts
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists -> ([B, P] ids, [B, P] mask), padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 def filter_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -71,7 +60,7 @@ class HFSampler:
     """Holds its own copy of the policy weights; `load_weights` overwrites them in place."""
 
     @classmethod
-    def check_available(cls) -> None:
+    def check_available(cls, device: torch.device) -> None:
         """transformers runs wherever torch does."""
 
     def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
@@ -94,6 +83,9 @@ class HFSampler:
 
     def wake(self) -> None:
         """Nothing to take back."""
+
+    def close(self) -> None:
+        """Nothing outlives the object."""
 
     @torch.no_grad()
     def generate(self, batch: PromptBatch, params: SamplingParams, seeds: list[int]) -> Rollouts:
