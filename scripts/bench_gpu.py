@@ -14,8 +14,8 @@ Prints, in one run:
   4. the learner: tokens/s, model FLOPs utilisation (6 x parameters x tokens against the bf16
      dense peak; goal >= 45%) and peak GPU memory;
   5. one step's time split into generate / reward / log-probs / update / push.
-Figures, not assertions. The tokenizer is a word-level one over the model's whole vocabulary,
-so any sampled id decodes; prompts are the arithmetic task's, mostly unknown words to it.
+Figures, not assertions. The model and its tokenizer come from scripts/random_model.py: any
+sampled id decodes, and completions run to the length limit.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Models of a published architecture and size with random weights, built locally (nothing is
 downloaded), for the benchmarks: scripts/bench.py on the CPU, scripts/bench_gpu.py on a GPU.
 
-The tokenizer is a word-level one over the model's whole vocabulary, so any sampled id
-decodes, and the end-of-sequence id is one of 150k: completions run to the length limit, so
-every sampler is timed on the same number of tokens.
+The tokenizer covers the model's whole vocabulary, so any sampled id decodes, and the
+end-of-sequence id is one of 150k: completions run to the length limit, so every sampler is
+timed on the same number of tokens.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ SHAPES = {  # the published configs' sizes (config.json of each hub model)
 
 
 def make_model(folder: Path, shape: str, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> Path:
-    """Random weights in `dtype` and a word-level tokenizer covering every id, saved in `folder`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """Random weights in `dtype` and a tokenizer covering every id, saved in `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
     dims = SHAPES[shape]
@@ -34,8 +34,14 @@ def make_model(folder: Path, shape: str, dtype: torch.dtype = torch.bfloat16, de
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(folder)
     del model
-    vocab = {"<unk>": 0, "<eos>": 1, **{f"t{i}": i for i in range(2, dims["vocab_size"])}}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>").save_pretrained(folder)
+    # Byte-level like Qwen2's own (AutoTokenizer loads Qwen2's class for this model type), with
+    # no merges: text becomes one token per byte, and every other id is a word of its own.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<unk>": 0, "<eos>": 1, **{char: 2 + i for i, char in enumerate(alphabet)}}
+    vocab.update({f"t{i}": i for i in range(len(vocab), dims["vocab_size"])})
+    tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>",
+                            pad_token="<eos>").save_pretrained(folder)
     return folder

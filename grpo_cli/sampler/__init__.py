@@ -1,9 +1,9 @@
-"""Samplers: one interface (`generate`, `load_weights`, `sleep`, `wake`), two engines.
+"""Samplers: one interface (`generate`, `load_weights`, `sleep`, `wake`, `close`), two engines.
 
-`hf` runs the transformers model with a KV cache (CPU or GPU); `vllm` is the GPU engine.
-Only sampler/vllm.py may import vLLM, and only when it is selected. Every engine class has a
-`check_available()` classmethod that fails fast, before any model loads, when the machine
-cannot run it.
+`hf` runs the transformers model with a KV cache (CPU or GPU); `vllm` runs vLLM (its CUDA
+build on a GPU, its CPU build on the CPU). Only sampler/vllm.py may import vLLM, and only when
+it is selected. Every engine class has a `check_available(device)` classmethod that fails
+fast, before any model loads, when the machine cannot run it.
 """
 
 from __future__ import annotations
