@@ -188,5 +188,5 @@ def test_a_bfloat16_engine_takes_the_push_within_bfloat16_tolerance(sampler, tok
         after = (engine_logprobs(bf16, fixed) - learner_logprobs(learner, fixed))[mask].abs()
     finally:
         bf16.close()
-    assert after.mean() < 0.01 and after.max() < 0.1, (after.mean(), after.max())
+    assert after.mean() < 0.005 and after.max() < 0.15, (after.mean(), after.max())  # seen: 0.0015, 0.08
     assert before.mean() > 5 * after.mean(), (before.mean(), after.mean())
