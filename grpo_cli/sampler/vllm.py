@@ -160,7 +160,7 @@ class VLLMSampler:
         from vllm.inputs import TokensPrompt
 
         self.wake()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in batch.prompt_ids],
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in batch.prompt_ids],
                                     self.request_params(params, seeds), use_tqdm=False)
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         return self._assemble(batch, params.n, completions)
