@@ -3,10 +3,9 @@
 `length`, Kimi k1.5's group-relative length reward (arXiv 2501.12599 §2.3.3), which needs to
 know which completions are right.
 
-`math` extracts the completion's answer from `\\boxed{}` first, then an `Answer:` /
-"the answer is" line, then the last number, and checks it against the reference (LaTeX or a
-number) symbolically. math-verify's own signal-based timeouts are switched off because they
-only work in a main thread; the reward workers enforce the per-call limit instead.
+`math` reads the completion's final answer (the last `\\boxed{}`, else the last `Answer:` line)
+the same way as the reference and checks them with math-verify: rewards/equivalence.py says
+how, and where that differs from math-verify's defaults.
 
 `dapo_math` differs from verl in one place: verl's normaliser has a long list of unit words
 that it deletes; we delete a `\\text{...}` unit after the number and common trailing units,
@@ -15,62 +14,25 @@ which is what those entries amount to for integer answers such as DAPO-Math-17k'
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 
 from grpo_cli.rewards.builtin import RewardFn, final_answer, require_column
-
-# math-verify warns on every call that its timeouts are off; the reward workers time calls.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
+from grpo_cli.rewards.equivalence import math_equal
 
 _ANSWER_TEXT = re.compile(r"(?i)answer\s*:\s*([^\n]+)")  # the whole line, not just a number
 _UNIT_WORDS = re.compile(r"\s*(?:\\text\{\s*[a-zA-Z ]*\}|\\mbox\{[^}]*\}|degrees|units|dollars|cents|"
                          r"inches|feet|meters|cm|km|hours|minutes|seconds|points|ways|students)\s*$")
 
 
-@functools.lru_cache(maxsize=65536)
-def parse_reference(reference: str) -> tuple:
-    """The reference parsed once: as written, else as LaTeX wrapped in `$...$`."""
-    from math_verify import parse
-
-    parsed = parse(reference, parsing_timeout=None)
-    if not parsed and "$" not in reference:
-        parsed = parse(f"${reference}$", parsing_timeout=None)
-    return tuple(parsed)
-
-
-def parse_prediction(completion: str) -> list:
-    """The completion's final answer: the last `\\boxed{}`, else the last `Answer:` line (LaTeX
-    without `$` delimiters allowed, as DAPO's prompt asks for), else math-verify's own search
-    ("the answer is", then the last number)."""
-    from math_verify import parse
-
-    if "\\boxed" not in completion:
-        lines = _ANSWER_TEXT.findall(completion)
-        if lines:
-            line = lines[-1].strip()
-            return parse(line, parsing_timeout=None) or parse(f"${line.strip('$ .')}$", parsing_timeout=None)
-    return parse(completion, parsing_timeout=None)
-
-
-def math_equal(completion: str, reference) -> bool:
-    """True when the completion's final answer equals the reference (math-verify)."""
-    from math_verify import verify
-
-    gold = parse_reference(str(reference).strip())
-    if not gold:
-        return False
-    return bool(verify(list(gold), parse_prediction(completion), timeout_seconds=None))
-
-
-def math_answer(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
+def math_answer(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0,
+                timeout: int = 5) -> RewardFn:
     """`correct` when the final answer is equivalent to the reference column, else `incorrect`;
-    None when the row has no reference."""
+    None when the row has no reference. `timeout`: whole seconds per parse and comparison, over
+    which the answer counts as wrong (rewards/equivalence.py)."""
 
     def reward(prompts: list[str], completions: list[str], **columns) -> list[float | None]:
         references = require_column(columns, answer_key, "math")
-        return [None if ref is None else (correct if math_equal(c, ref) else incorrect)
+        return [None if ref is None else (correct if math_equal(c, ref, timeout) else incorrect)
                 for c, ref in zip(completions, references)]
 
     return reward
