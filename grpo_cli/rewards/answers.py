@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from grpo_cli.rewards.builtin import RewardFn, final_answer, require_column
-from grpo_cli.rewards.equivalence import math_equal
+from grpo_cli.rewards.equivalence import closing_brace, math_equal
 
 _ANSWER_TEXT = re.compile(r"(?i)answer\s*:\s*([^\n]+)")  # the whole line, not just a number
 _UNIT_WORDS = re.compile(r"\s*(?:\\text\{\s*[a-zA-Z ]*\}|\\mbox\{[^}]*\}|degrees|units|dollars|cents|"
@@ -39,15 +39,12 @@ def math_answer(answer_key: str = "answer", correct: float = 1.0, incorrect: flo
 
 
 def strip_boxed(text: str) -> str:
+    """The text with its first `\\boxed{...}` replaced by the box's content."""
     start = text.find("\\boxed{")
-    if start < 0:
+    end = closing_brace(text, start + len("\\boxed")) if start >= 0 else -1
+    if end < 0:
         return text
-    depth, begin = 0, start + len("\\boxed{")
-    for index in range(begin - 1, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return text[:start] + text[begin:index] + text[index + 1:]
-    return text
+    return text[:start] + text[start + len("\\boxed{"):end] + text[end + 1:]
 
 
 def normalize_answer(text: str) -> str:

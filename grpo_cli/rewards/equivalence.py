@@ -48,7 +48,7 @@ _UNICODE = str.maketrans({"×": "\\times ", "·": "\\cdot ", "−": "-", "√": 
 _LATEX = [LatexExtractionConfig(boxed_match_priority=-1)]
 
 
-def _closing_brace(text: str, opening: int) -> int:
+def closing_brace(text: str, opening: int) -> int:
     """Index of the `}` that closes the `{` at `opening`, or -1; `\\{` and `\\}` are not braces."""
     depth, index = 0, opening
     while index < len(text):
@@ -68,7 +68,7 @@ def last_boxed(text: str) -> str | None:
     if start < 0:
         return None
     opening = text.index("{", start)
-    end = _closing_brace(text, opening)
+    end = closing_brace(text, opening)
     return text[opening + 1:end] if end >= 0 else None
 
 
@@ -103,7 +103,7 @@ def unwrap(text: str) -> str:
     """The answer without surrounding space, full stop, box or math delimiters."""
     while True:
         text = text.strip().removesuffix(".").strip()
-        if text.startswith(("\\boxed{", "\\fbox{")) and _closing_brace(text, text.index("{")) == len(text) - 1:
+        if text.startswith(("\\boxed{", "\\fbox{")) and closing_brace(text, text.index("{")) == len(text) - 1:
             text = text[text.index("{") + 1:-1]
             continue
         pair = next(((o, c) for o, c in _DELIMITERS if text.startswith(o) and text.endswith(c)
