@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_cli.config import UserError
+from grpo_cli.errors import UserError
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")

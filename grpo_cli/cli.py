@@ -7,10 +7,14 @@ instant and a bad key fails in a second. A user error prints one line and exits 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from importlib import import_module
 from pathlib import Path
+
+import yaml
+
+from grpo_cli.errors import RunStopped, UserError
 
 USAGE = """usage: grpo <command> [KEY=VALUE ...] [--cfg job] [--resolve] [--debug]
 
@@ -47,6 +51,10 @@ ALIASES = {"eval": {"checkpoint": "eval.checkpoint", "output": "eval.output"},
            "score": {"completions": "score.completions", "output": "score.output"}}
 
 
+# Each command's module, imported once the configuration is composed (they import torch).
+COMMANDS = {name: f"grpo_cli.commands.{name}" for name in ("train", "eval", "validate", "score")}
+
+
 def _expand_aliases(command: str, overrides: list[str]) -> list[str]:
     aliases = ALIASES.get(command, {})
     expanded = []
@@ -79,8 +87,6 @@ def _split_flags(args: list[str]) -> tuple[list[str], dict]:
 def _eval_overrides(overrides: list[str]) -> list[str]:
     """Put the trained run's own overrides first so that a checkpoint is scored on the data
     and rewards it was trained with."""
-    import yaml
-
     checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("eval.checkpoint=")), None)
     run_overrides = Path(checkpoint or "", "..", "..", "overrides.yaml") if checkpoint else None
     if run_overrides is None or not run_overrides.is_file():
@@ -104,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     if flags["help"]:
         print(USAGE)
         return 0
-    from grpo_cli.config import UserError
-    from grpo_cli.shutdown import RunStopped
-
     try:
         return _run(command, overrides, flags)
     except UserError as error:
@@ -123,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(command: str, overrides: list[str], flags: dict) -> int:
+    # Imported here, not at the top: Hydra takes half a second, and `grpo --help` must not wait.
     from grpo_cli.compose import compose, to_object, to_yaml
-    from grpo_cli.config import validate
 
     overrides = _expand_aliases(command, overrides)
     if command == "eval":
@@ -133,91 +136,13 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
     if flags["cfg"]:
         print(to_yaml(node, resolve=flags["resolve"]), end="")
         return 0
+    # torch and the models' libraries load from here on, after the instant `--cfg job` above
+    from grpo_cli.runtime import quiet_libraries
+    from grpo_cli.validation import validate
+
     cfg = validate(to_object(node))
-    from grpo_cli.runtime import quiet_libraries  # imports torch: after the instant paths
-
     quiet_libraries()
-    return COMMANDS[command](cfg, to_yaml(cfg, resolve=True), overrides)
-
-
-def train_command(cfg, config_yaml: str, overrides: list[str]) -> int:
-    from grpo_cli import loop, offline
-    from grpo_cli.metrics import console, results_table
-
-    train = {"rl": loop.train, "preference": offline.train}[cfg.algorithm.objective]
-    summary = train(cfg, config_yaml, overrides)
-    Path(summary["run_dir"], "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    rows = {label: _headline(summary[key]) for label, key in (("base", "base"), ("trained", "final")) if summary[key]}
-    if rows:
-        console.print(results_table(f"held-out accuracy ({summary['steps']} steps)", rows))
-    console.print(f"run folder: {summary['run_dir']}")
-    if summary["checkpoint"]:
-        console.print(f"checkpoint: {summary['checkpoint']}")
-        console.print(f"evaluate it: grpo eval checkpoint={summary['checkpoint']}")
-    return 0
-
-
-def _headline(result: dict) -> dict:
-    """The table's columns: task accuracy, or per-group preference accuracy."""
-    keys = ("accuracy", "pass_at_k", "k", "n", "mean_length", "worst_group_accuracy", "mean_group_accuracy")
-    groups = {name: v["preference_accuracy"] for name, v in result.get("groups", {}).items()}
-    return {**{k: result[k] for k in keys if k in result}, **groups}
-
-
-def eval_command(cfg, config_yaml: str, overrides: list[str]) -> int:
-    from grpo_cli.evaluate import evaluate
-    from grpo_cli.metrics import console, results_table
-    from grpo_cli.runtime import run_evaluation
-
-    if cfg.algorithm.objective == "preference" or cfg.data.group_key is not None:  # preference pairs
-        from grpo_cli.offline import evaluate_pairs
-
-        figures, weights = evaluate_pairs(cfg)
-    else:
-        result, weights = run_evaluation(cfg, evaluate)
-        figures = result.to_dict()
-    console.print(results_table(f"eval: {weights}\non {cfg.data.eval_path}", {Path(weights).name: _headline(figures)}))
-    if cfg.eval.output:
-        record = {**figures, "model": weights, "data": cfg.data.eval_path}
-        Path(cfg.eval.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.eval.output).write_text(json.dumps(record, indent=2) + "\n")
-        console.print(f"wrote {cfg.eval.output}")
-    return 0
-
-
-def score_command(cfg, config_yaml: str, overrides: list[str]) -> int:
-    from grpo_cli.config import UserError
-    from grpo_cli.metrics import console, results_table
-    from grpo_cli.runtime import load_tokenizer
-    from grpo_cli.score import score_file, write_rows
-
-    if not cfg.score.completions:
-        raise UserError("grpo score needs completions=FILE.jsonl (rows with prompt, completion and the answer column)")
-    output = cfg.score.output or str(Path(cfg.score.completions).with_suffix("")) + ".scored.jsonl"
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)  # token counts for length rewards
-    rows, summaries = score_file(cfg, tokenizer)
-    write_rows(output, rows)
-    table = {name: summary.row() for name, summary in summaries.items()}
-    totals = [row["reward"] for row in rows if row["reward"] is not None]
-    table["reward (weighted)"] = {"mean": sum(totals) / len(totals) if totals else float("nan"),
-                                  "none": 1 - len(totals) / len(rows), "errors": "", "slowest calls (s)": "",
-                                  "first error": ""}
-    console.print(results_table(f"rewards on {len(rows)} completions from {cfg.score.completions}", table))
-    console.print(f"wrote {output}")
-    return 0
-
-
-def validate_command(cfg, config_yaml: str, overrides: list[str]) -> int:
-    from grpo_cli.metrics import console
-    from grpo_cli.runtime import dry_run
-
-    for line in dry_run(cfg, config_yaml):
-        console.print(line)
-    console.print("ok: grpo train with these overrides would start")
-    return 0
-
-
-COMMANDS = {"train": train_command, "eval": eval_command, "score": score_command, "validate": validate_command}
+    return import_module(COMMANDS[command]).run(cfg, to_yaml(cfg, resolve=True), overrides)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,23 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from grpo_cli.config import PACKAGE_DIR, ConfigError, GrpoConfig, resolve_path
+from grpo_cli.config import PACKAGE_DIR, GrpoConfig, resolve_path
+from grpo_cli.errors import ConfigError
+
+# Keys that moved into a block: the old spelling is told the new one.
+RENAMED = {
+    **{f"algorithm.gfpo_{key}": f"algorithm.gfpo.{key}"
+       for key in ("k", "metric", "rejected", "adaptive_k", "adaptive_warmup", "adaptive_window")},
+    **{f"algorithm.{key}": f"algorithm.preference.{key}" for key in ("pair_loss", "group_weighting", "beta", "eta_alpha")},
+}
+
+
+def _renamed(message: str) -> str | None:
+    for key in re.findall(r"[\w.]+", message):
+        if key.lstrip("+~") in RENAMED:
+            return f"config key {key.lstrip('+~')} is now {RENAMED[key.lstrip('+~')]}"
+    return None
+
 
 def _first_existing(*candidates: Path) -> Path:
     for path in candidates:
@@ -71,6 +87,8 @@ def _one_line(error: BaseException) -> str:
 
 def _explain(message: str, overrides: list[str]) -> str:
     """Turn Hydra's wording into the fix a user needs."""
+    if _renamed(message):
+        return _renamed(message)
     if re.fullmatch(r"Could not override '[^']+'\.", message):
         return message.replace("Could not override", "unknown config key") + " see `grpo train --cfg job`"
     if "no viable alternative" in message or "mismatched input" in message:
@@ -113,6 +131,8 @@ def _reject_unknown_keys(node, path: str) -> None:
     known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
     for key in node.keys():
         where = f"{path}.{key}" if path else str(key)
+        if known is not None and key not in known and where in RENAMED:
+            raise ConfigError(f"config key {where} is now {RENAMED[where]}")
         if known is not None and key not in known:
             raise ConfigError(f"unknown config key {where!r}; valid keys there: {', '.join(sorted(known))}")
         if known is not None:

@@ -21,9 +21,11 @@ import re
 import string
 from dataclasses import dataclass, field
 
+import datasets
 import torch
 
-from grpo_cli.config import UserError
+from grpo_cli.config import DataConfig
+from grpo_cli.errors import UserError
 from grpo_cli.types import PromptBatch
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -48,7 +50,6 @@ def read_jsonl(path: str) -> list[dict]:
 
 def load_rows(path: str, split: str, subset: str | None = None) -> list[dict]:
     """Every row of a local file or a hub data set split, as dicts."""
-    import datasets
 
     extension = os.path.splitext(path)[1].lower()
     if extension in FILE_BUILDERS and not os.path.isfile(path):
@@ -87,7 +88,7 @@ def is_messages(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "content" in m for m in value)
 
 
-def with_reference(row: dict, data_cfg, where: str) -> dict:
+def with_reference(row: dict, data_cfg: DataConfig, where: str) -> dict:
     """The row plus its reference under `answer` (the original, if replaced, as `answer_raw`)."""
     value = lookup(row, data_cfg.answer_key)
     if value is None:
@@ -109,7 +110,7 @@ def with_reference(row: dict, data_cfg, where: str) -> dict:
 class PromptRenderer:
     """Row -> prompt text -> token ids, as configured by the `data` group."""
 
-    def __init__(self, data_cfg, tokenizer):
+    def __init__(self, data_cfg: DataConfig, tokenizer):
         self.cfg = data_cfg
         self.tokenizer = tokenizer
         if data_cfg.chat_template and not getattr(tokenizer, "chat_template", None):
@@ -152,7 +153,7 @@ class PromptSet:
                            messages=[self.messages[i] for i in index] if self.messages else [])
 
 
-def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> PromptSet:
+def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: int = 0) -> PromptSet:
     """Read, check the columns the template and rewards need, render and tokenize."""
     rows = load_rows(path, split, data_cfg.subset)
     fields = template_fields(data_cfg.template)
@@ -187,19 +188,6 @@ def load_prompts(path: str, split: str, data_cfg, tokenizer, limit: int = 0) -> 
     return kept
 
 
-def step_indices(num_rows: int, per_step: int, step: int, seed: int) -> list[int]:
-    """Row indices for `step`: consecutive slices of a seeded permutation, one per epoch."""
-    out: list[int] = []
-    position = step * per_step
-    while len(out) < per_step:
-        epoch, offset = divmod(position, num_rows)
-        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        take = min(per_step - len(out), num_rows - offset)
-        out.extend(order[offset:offset + take].tolist())
-        position += take
-    return out
-
-
 @dataclass
 class PairSet:
     """Preference pairs of one split, P pairs in file order.
@@ -227,7 +215,7 @@ class PairSet:
         return torch.bincount(self.groups, minlength=len(self.group_names)).tolist()
 
 
-def pair_group(row: dict, data_cfg, where: str) -> str:
+def pair_group(row: dict, data_cfg: DataConfig, where: str) -> str:
     if data_cfg.group_key is None:
         return "all"
     value = lookup(row, data_cfg.group_key)
@@ -245,7 +233,7 @@ def response_text(row: dict, key: str, where: str) -> str:
     return value
 
 
-def load_pairs(path: str, split: str, data_cfg, tokenizer, group_names: list[str] | None = None) -> PairSet:
+def load_pairs(path: str, split: str, data_cfg: DataConfig, tokenizer, group_names: list[str] | None = None) -> PairSet:
     """Rows of prompt, chosen, rejected (and group) -> token ids. `group_names` fixes the groups
     (the training split's, for the held-out one); otherwise they are the sorted names found.
     Pairs whose two responses are equal say nothing and are dropped and counted."""

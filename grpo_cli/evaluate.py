@@ -40,6 +40,10 @@ class EvalResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record(self) -> dict[str, float]:
+        """The figures as metrics.jsonl keys."""
+        return {f"eval/{k}": v for k, v in self.to_dict().items()}
+
 
 @dataclass
 class EvalSamples:

@@ -15,32 +15,36 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from grpo_cli import distributed, lora
-from grpo_cli.algorithms import compute_loss
+from grpo_cli.algorithms import KL_PLACEMENTS, compute_loss
+from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
-from grpo_cli.types import BatchNorm, LossInputs, Rollouts, TrainBatch
+from grpo_cli.types import BatchLogprobs, BatchNorm, LossInputs, Sequences, TrainBatch
 
 # The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (ALGORITHMS.md §7.4).
 MAX_GAP = "mismatch/max_abs_logprob_gap"
+
+
+# trainer.schedule: the learning-rate multiplier after warm-up, from progress in [0, 1+].
+SCHEDULES = {
+    "constant": lambda progress: 1.0,
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+}
 
 
 def schedule_factor(step: int, warmup: int, total: int, kind: str) -> float:
     """Learning-rate multiplier after `step` optimizer steps: linear warm-up, then the schedule."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
+    return SCHEDULES[kind]((step - warmup) / max(1, total - warmup))
 
 
 def disable_dropout(model):
@@ -84,12 +88,17 @@ def tied_duplicates(model) -> set[str]:
 
 
 class Learner:
-    def __init__(self, cfg, device: torch.device, dtype: torch.dtype, total_optimizer_steps: int,
-                 policy_path: str | None = None, ranks: Ranks = Ranks()):
-        """The policy loads from `policy_path` (a checkpoint on resume); the reference, when
-        the KL coefficient is non-zero, always from the configured base model. With LoRA the
-        base always loads from the configured model, the adapters from the checkpoint, and
-        the reference is the policy with its adapters off."""
+    """The public face: `logprobs` (ℓ_old, ℓ_ref before an update), `update` (μ epochs of
+    optimizer steps on a TrainBatch), and for objectives with their own loss `forward_logprobs`,
+    `reference_model`, `backward` and `apply_gradients`; `weights` / `export` for the sampler
+    and checkpoints; `state_dict` / `load_state_dict` to resume."""
+
+    def __init__(self, cfg: GrpoConfig, device: torch.device, dtype: torch.dtype, total_optimizer_steps: int,
+                 policy_path: str | None = None, ranks: Ranks = Ranks(), needs_reference: bool = False):
+        """The policy loads from `policy_path` (a checkpoint on resume); the reference, when the
+        objective needs one, always from the configured base model. With LoRA the base always
+        loads from the configured model, the adapters from the checkpoint, and the reference
+        is the policy with its adapters off."""
         self.cfg = cfg
         self.device = device
         self.ranks = ranks
@@ -103,8 +112,9 @@ class Learner:
         self.model = disable_dropout(lora.attach(base, cfg.model.lora, policy_path) if self.uses_lora else base)
         self.lora_scalings = lora.scalings(self.model) if self.uses_lora else {}
         self.model.train()  # for gradient checkpointing; dropout is off
+        self.needs_reference = needs_reference
         self.reference = None
-        if cfg.algorithm.kl_coef > 0 and not self.uses_lora:
+        if needs_reference and not self.uses_lora:
             self.reference = self._load(cfg.model.name_or_path, dtype).eval().requires_grad_(False)
         if ranks.active:
             distributed.shard(self.model)
@@ -117,13 +127,27 @@ class Learner:
             self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
         self.temperature = cfg.sampler.temperature
 
-    def _precision(self):
+    def precision(self):
         """bf16 compute over fp32 master weights, or the weights' own dtype."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.mixed else contextlib.nullcontext()
 
     def _load(self, path: str, dtype: torch.dtype):
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=self.cfg.model.trust_remote_code).to(self.device)
+
+    @contextlib.contextmanager
+    def reference_model(self):
+        """The frozen reference to run a forward pass through: its own copy, or with LoRA the
+        policy with its adapters off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    def drop_reference(self) -> None:
+        """Free the reference once an objective has what it needs from it (cached log-probs)."""
+        self.reference, self.needs_reference = None, False
 
     @torch.no_grad()
     def reset_reference(self, alpha: float) -> None:
@@ -148,18 +172,7 @@ class Learner:
         return Export(self.model.get_base_model(), weights=lora.merge(state, self.lora_scalings),
                       adapter_model=self.model, adapter_weights=state)
 
-    def to_train_batch(self, rollouts: Rollouts, overlong_filter: bool = False) -> TrainBatch:
-        """Concatenate prompt and completion; advantages are filled in later. With
-        `overlong_filter` (DAPO §3.3) a truncated completion has no loss-bearing token."""
-        ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
-        mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1)
-        loss_mask = rollouts.completion_mask.float()
-        if overlong_filter:
-            loss_mask = loss_mask * ~rollouts.truncated[:, None]
-        return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
-                          advantages=torch.zeros_like(loss_mask), sampler_logprobs=rollouts.sampler_logprobs)
-
-    def _micro_batches(self, batch: TrainBatch):
+    def micro_batches(self, batch: Sequences):
         """(row index, micro-batch on the learner's device): consecutive slices of
         trainer.micro_batch_size sequences, or, with trainer.micro_batch_tokens, rows packed by
         length so that rows x longest row stays within the budget, each trimmed of the
@@ -169,7 +182,7 @@ class Learner:
         if t.micro_batch_tokens <= 0:
             for start in range(0, len(batch), t.micro_batch_size):
                 index = torch.arange(start, min(start + t.micro_batch_size, len(batch)))
-                yield index, self._to_device(batch.select(index))
+                yield index, batch.select(index).to(self.device)
             return
         lengths = batch.attention_mask.sum(-1)
         order = torch.argsort(lengths, descending=True, stable=True)
@@ -182,51 +195,51 @@ class Learner:
         if group:
             yield self._packed(batch, group)
 
-    def _rank_micro_batches(self, batch: TrainBatch) -> list[tuple[torch.Tensor, TrainBatch]]:
+    def _rank_micro_batches(self, batch: Sequences) -> list[tuple[torch.Tensor, Sequences]]:
         """This rank's share of `batch` as (row index in `batch`, micro-batch). Under FSDP the
         ranks' forward passes pair up in collectives, so a rank with fewer micro-batches than
         another adds ones that carry no loss."""
         rows = torch.tensor(list(self.ranks.share(len(batch))), dtype=torch.long)
-        micros = [(rows[index], micro) for index, micro in self._micro_batches(batch.select(rows))]
+        micros = [(rows[index], micro) for index, micro in self.micro_batches(batch.select(rows))]
         missing = self.ranks.max_int(len(micros)) - len(micros)
         if missing > 0:
-            idle = batch.select(torch.tensor([0]))
-            idle = replace(idle, loss_mask=torch.zeros_like(idle.loss_mask), advantages=torch.zeros_like(idle.advantages))
-            micros += [(rows[:0], self._to_device(idle))] * missing
+            micros += [(rows[:0], batch.select(torch.tensor([0])).muted().to(self.device))] * missing
         return micros
 
-    def _packed(self, batch: TrainBatch, rows: list[int]):
+    def _packed(self, batch: Sequences, rows: list[int]):
         index = torch.tensor(rows)
-        return index, self._to_device(batch.select(index).trimmed())
+        return index, batch.select(index).trimmed().to(self.device)
+
+    def forward_logprobs(self, model, micro: Sequences, temperature: float, with_entropy: bool = False):
+        """ℓ of the completion tokens of a micro-batch already on the device ([b, C], and the
+        entropy [b, C] or None), in the learner's precision; with gradients when enabled."""
+        with self.precision():
+            return sequence_logprobs(model, micro, temperature, with_entropy=with_entropy,
+                                     chunk=self.cfg.trainer.logprob_chunk)
 
     @torch.no_grad()
-    def _logprobs_of(self, model, batch: TrainBatch) -> torch.Tensor:
+    def _logprobs_of(self, model, batch: Sequences) -> torch.Tensor:
         out = torch.zeros(batch.loss_mask.shape)
         for index, micro in self._rank_micro_batches(batch):
-            with self._precision():
-                logprobs = sequence_logprobs(model, micro, self.temperature, chunk=self.cfg.trainer.logprob_chunk)[0]
+            logprobs = self.forward_logprobs(model, micro, self.temperature)[0]
             out[index, :logprobs.shape[1]] = logprobs[:len(index)].cpu()  # an idle micro-batch writes nothing
         return self.ranks.sum(out) * batch.loss_mask
 
-    def add_logprobs(self, batch: TrainBatch) -> TrainBatch:
-        """ℓ_old (unless μ = 1 with one mini-batch) and ℓ_ref (when a reference exists)."""
+    def policy_logprobs(self, batch: Sequences) -> torch.Tensor:
+        """ℓ of the current policy, [N, C] (0 off the loss mask), without gradient."""
+        return self._logprobs_of(self.model, batch)
+
+    def logprobs(self, batch: Sequences) -> BatchLogprobs:
+        """ℓ_old (unless μ = 1 with one mini-batch and no KL in the reward) and ℓ_ref (when
+        the objective has a reference), [N, C] each, before the update."""
         a = self.cfg.algorithm
-        kl_in_reward = a.kl_coef > 0 and a.kl_in == "reward"
+        kl_in_reward = a.kl_coef > 0 and KL_PLACEMENTS[a.kl_in].in_reward
         needs_old = a.epochs > 1 or a.mini_batches > 1 or kl_in_reward
-        old = self._logprobs_of(self.model, batch) if needs_old else None
-        return replace(batch, old_logprobs=old, ref_logprobs=self._reference_logprobs(batch))
-
-    def _reference_logprobs(self, batch: TrainBatch) -> torch.Tensor | None:
-        if self.reference is not None:
-            return self._logprobs_of(self.reference, batch)
-        if self.uses_lora and self.cfg.algorithm.kl_coef > 0:
-            with self.model.disable_adapter():
-                return self._logprobs_of(self.model, batch)
-        return None
-
-    def _to_device(self, batch: TrainBatch) -> TrainBatch:
-        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-        return TrainBatch(**{k: move(getattr(batch, k)) for k in batch.__dataclass_fields__})
+        old = self.policy_logprobs(batch) if needs_old else None
+        if not self.needs_reference:
+            return BatchLogprobs(old_logprobs=old)
+        with self.reference_model() as reference:
+            return BatchLogprobs(old_logprobs=old, ref_logprobs=self._logprobs_of(reference, batch))
 
     def update(self, batch: TrainBatch, seed: int) -> dict[str, float]:
         """μ epochs of optimizer steps over mini-batches; returns metrics averaged over steps."""
@@ -247,20 +260,22 @@ class Learner:
         return BatchNorm(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
                          length_norm=float(budget))
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Add a micro-batch's share of the loss to .grad. FSDP averages gradients over ranks;
+        each rank's loss is its share of a sum."""
+        (loss * self.ranks.world).backward()
+
     def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
         for _, micro in self._rank_micro_batches(batch):
-            with self._precision():
-                logprobs, entropy = sequence_logprobs(self.model, micro, self.temperature, with_entropy=True,
-                                                      chunk=self.cfg.trainer.logprob_chunk)
+            logprobs, entropy = self.forward_logprobs(self.model, micro, self.temperature, with_entropy=True)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
             inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
                                 sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,
                                 loss_mask=micro.loss_mask)
             out = compute_loss(inputs, self.cfg.algorithm, norm)
-            # FSDP averages gradients over ranks; each rank's loss is its share of a sum.
-            (out.loss * self.ranks.world).backward()
+            self.backward(out.loss)
             gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
             sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum(), gap.max()]).tolist()
             out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
@@ -270,22 +285,30 @@ class Learner:
                 metrics[key] = max(metrics.get(key, 0.0), value) if key == MAX_GAP else metrics.get(key, 0.0) + value
         return self.ranks.reduce_metrics(metrics, {MAX_GAP})
 
-    def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
+    def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        norm = self.batch_norm(batch)
-        metrics = self.accumulate_gradients(batch, norm)
+
+    def apply_gradients(self, loss_finite: bool = True, any_tokens: bool = True) -> dict[str, float]:
+        """Clip the accumulated gradient, step (unless it or the loss is not finite, or nothing
+        carried a loss), clear it and advance the schedule; update/nonfinite, grad_norm, lr."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.max_grad_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
         # A NaN or inf would poison the weights and Adam's moments for good: skip the update.
-        finite = bool(torch.isfinite(grad_norm)) and all(math.isfinite(v) for v in metrics.values())
-        if norm.num_tokens > 0 and finite:
+        finite = bool(torch.isfinite(grad_norm)) and loss_finite
+        if any_tokens and finite:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         self.scheduler.step()
-        metrics["update/nonfinite"] = 0.0 if finite else 1.0
-        metrics["grad_norm"] = float(grad_norm)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
+        return {"update/nonfinite": 0.0 if finite else 1.0, "grad_norm": float(grad_norm),
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step of the configured policy loss on a mini-batch."""
+        self.zero_grad()
+        norm = self.batch_norm(batch)
+        metrics = self.accumulate_gradients(batch, norm)
+        finite = all(math.isfinite(v) for v in metrics.values())
+        return {**metrics, **self.apply_gradients(finite, any_tokens=norm.num_tokens > 0)}
 
     def state_dict(self) -> dict:
         """Optimizer and schedule; the reference too once resets have moved it off the base."""

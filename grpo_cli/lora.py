@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from grpo_cli import config
+
 ADAPTER_DIR = "adapter"
 
 
-def attach(model, lora_cfg, adapter_from: str | None = None):
+def attach(model, lora_cfg: config.LoraConfig, adapter_from: str | None = None):
     """The PEFT model: the saved adapters from `adapter_from` (a checkpoint) when given, else
     fresh ones (B = 0, so the policy starts equal to the base)."""
     from peft import LoraConfig, PeftModel, get_peft_model

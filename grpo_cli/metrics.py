@@ -103,3 +103,11 @@ def results_table(title: str, rows: dict[str, dict]) -> Table:
     for label, values in rows.items():
         table.add_row(label, *[f"{values[k]:.4f}" if isinstance(values[k], float) else str(values[k]) for k in keys])
     return table
+
+
+def headline(result: dict) -> dict:
+    """The results table's columns for a run's or a checkpoint's figures: task accuracy, or
+    per-group preference accuracy."""
+    keys = ("accuracy", "pass_at_k", "k", "n", "mean_length", "worst_group_accuracy", "mean_group_accuracy")
+    groups = {name: v["preference_accuracy"] for name, v in result.get("groups", {}).items()}
+    return {**{k: result[k] for k in keys if k in result}, **groups}

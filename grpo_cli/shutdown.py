@@ -10,14 +10,6 @@ from __future__ import annotations
 import signal
 
 
-class RunStopped(Exception):
-    """The run stopped early on purpose; `exit_code` is what the command returns."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class StopRequest:
     """Context manager: `received` names the first SIGINT / SIGTERM, or is None."""
 

@@ -23,6 +23,17 @@ def pad_cat(tensors: list[torch.Tensor], value: float, left: bool = False) -> to
     return torch.cat([F.pad(t, pad, value=value) for t, pad in zip(tensors, pads)])
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ([B, P] ids, [B, P] mask), padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def renumber(group_ids: torch.Tensor) -> torch.Tensor:
     """[N] group ids mapped onto 0..B-1 in their sorted order (after rows were removed)."""
     return torch.unique(group_ids, return_inverse=True)[1]
@@ -164,25 +175,32 @@ class Scores:
 
 
 @dataclass
-class TrainBatch:
-    """Everything the learner needs for the update, N sequences.
+class Sequences:
+    """Prompt plus completion token rows as the learner reads them, N sequences.
 
     input_ids:        [N, P + C] prompt (left-padded) followed by completion (right-padded).
     attention_mask:   [N, P + C]
     loss_mask:        [N, C] float, 1 on loss-bearing completion tokens.
-    advantages:       [N, C] per-token advantages, already multiplied by loss_mask.
-    sampler_logprobs: [N, C]
-    old_logprobs:     [N, C] or None when mu = 1 with one mini-batch (ratio is then 1).
-    ref_logprobs:     [N, C] or None when no reference model is needed.
+    sampler_logprobs: [N, C] what the sampler reported (zeros where there was no sampler).
+
+    Every further [N, C] field of a subclass is cut and selected the same way.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
-    advantages: torch.Tensor
     sampler_logprobs: torch.Tensor
-    old_logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
+
+    @classmethod
+    def from_rollouts(cls, rollouts: Rollouts, overlong_filter: bool = False) -> "Sequences":
+        """Prompt and completion side by side. With `overlong_filter` (DAPO §3.3) a truncated
+        completion has no loss-bearing token."""
+        loss_mask = rollouts.completion_mask.float()
+        if overlong_filter:
+            loss_mask = loss_mask * ~rollouts.truncated[:, None]
+        return cls(input_ids=torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1),
+                   attention_mask=torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1),
+                   loss_mask=loss_mask, sampler_logprobs=rollouts.sampler_logprobs)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -191,7 +209,12 @@ class TrainBatch:
     def completion_width(self) -> int:
         return self.loss_mask.shape[1]
 
-    def trimmed(self) -> "TrainBatch":
+    def _per_token(self) -> dict[str, torch.Tensor]:
+        """The [N, C] fields that are set (everything but input_ids and attention_mask)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("input_ids", "attention_mask") and getattr(self, f.name) is not None}
+
+    def trimmed(self):
         """The same rows without columns that are padding in every row: left of the prompts and
         right of the completions. Completion column 0 stays column 0, so per-token results
         of a trimmed batch fill the first columns of the untrimmed [N, C] layout."""
@@ -199,25 +222,96 @@ class TrainBatch:
         real = self.attention_mask.bool().any(0)
         left = int(real[:prompt_width].float().argmax()) if real[:prompt_width].any() else prompt_width
         width = int(real[prompt_width:].nonzero().max()) + 1 if real[prompt_width:].any() else 1
-        cut = lambda t: None if t is None else t[:, :width]  # noqa: E731
-        return TrainBatch(input_ids=self.input_ids[:, left:prompt_width + width],
-                          attention_mask=self.attention_mask[:, left:prompt_width + width],
-                          loss_mask=cut(self.loss_mask), advantages=cut(self.advantages),
-                          sampler_logprobs=cut(self.sampler_logprobs), old_logprobs=cut(self.old_logprobs),
-                          ref_logprobs=cut(self.ref_logprobs))
+        return replace(self, input_ids=self.input_ids[:, left:prompt_width + width],
+                       attention_mask=self.attention_mask[:, left:prompt_width + width],
+                       **{name: t[:, :width] for name, t in self._per_token().items()})
 
-    def select(self, index: torch.Tensor) -> "TrainBatch":
+    def select(self, index: torch.Tensor):
         """Rows `index` of every tensor (mini- and micro-batching)."""
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return TrainBatch(
-            input_ids=self.input_ids[index],
-            attention_mask=self.attention_mask[index],
-            loss_mask=self.loss_mask[index],
-            advantages=self.advantages[index],
-            sampler_logprobs=self.sampler_logprobs[index],
-            old_logprobs=pick(self.old_logprobs),
-            ref_logprobs=pick(self.ref_logprobs),
-        )
+        return replace(self, input_ids=self.input_ids[index], attention_mask=self.attention_mask[index],
+                       **{name: t[index] for name, t in self._per_token().items()})
+
+    def to(self, device: torch.device):
+        return replace(self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+                       **{name: t.to(device) for name, t in self._per_token().items()})
+
+    def muted(self):
+        """The same rows with no loss-bearing token: a micro-batch that only keeps FSDP's
+        collectives in step."""
+        return replace(self, **{name: torch.zeros_like(t) for name, t in self._per_token().items()
+                                if name in ("loss_mask", "advantages")})
+
+
+@dataclass
+class BatchLogprobs:
+    """Log-probs computed before the update, without gradient.
+
+    old_logprobs: [N, C] the policy before this step's updates, or None when μ = 1 with one
+                  mini-batch and the KL is not in the reward (the ratio is then exactly 1).
+    ref_logprobs: [N, C] the frozen reference, or None when the objective needs none.
+    """
+
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+
+@dataclass
+class TrainBatch(Sequences):
+    """Everything the learner needs for the update, N sequences: the Sequences and
+
+    advantages:       [N, C] per-token advantages, already multiplied by loss_mask.
+    old_logprobs:     [N, C] or None (see BatchLogprobs).
+    ref_logprobs:     [N, C] or None.
+    """
+
+    advantages: torch.Tensor
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+    @classmethod
+    def assemble(cls, sequences: Sequences, advantages: torch.Tensor, logprobs: BatchLogprobs) -> "TrainBatch":
+        return cls(**{f.name: getattr(sequences, f.name) for f in fields(Sequences)}, advantages=advantages,
+                   old_logprobs=logprobs.old_logprobs, ref_logprobs=logprobs.ref_logprobs)
+
+
+@dataclass
+class AdvantageInputs:
+    """What an advantage estimator reads, N completions.
+
+    rewards:      [N] float; NaN where no reward function had an opinion.
+    group_ids:    [N] long in 0..B-1.
+    loss_mask:    [N, C].
+    kl_penalty:   [N, C] β·KL per token when the KL goes into the reward (PPO style), else None.
+    step_ends / step_rewards: [N, S] process supervision (see Scores), else None.
+    selected:     [N] bool, the completions a group filter chose to learn from (None: all);
+                  the others are left out of the group statistics and get advantage 0.
+    """
+
+    rewards: torch.Tensor
+    group_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    kl_penalty: torch.Tensor | None = None
+    step_ends: torch.Tensor | None = None
+    step_rewards: torch.Tensor | None = None
+    selected: torch.Tensor | None = None
+
+    @classmethod
+    def from_scores(cls, scores: Scores, selected: torch.Tensor, group_ids: torch.Tensor, loss_mask: torch.Tensor,
+                    kl_penalty: torch.Tensor | None) -> "AdvantageInputs":
+        return cls(scores.total, group_ids, loss_mask, kl_penalty, scores.step_ends, scores.step_rewards, selected)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[N] bool: selected and scored, the completions whose reward enters the statistics."""
+        scored = ~torch.isnan(self.rewards)
+        return scored if self.selected is None else scored & self.selected
+
+    def sequence_rewards(self) -> torch.Tensor:
+        """[N] float64: R_i minus the summed per-token KL penalty, for sequence-level estimators."""
+        rewards = self.rewards.to(torch.float64)
+        if self.kl_penalty is None:
+            return rewards
+        return rewards - (self.kl_penalty * self.loss_mask).sum(-1).to(torch.float64)
 
 
 @dataclass

@@ -10,7 +10,7 @@ and weight push; completion tokens per second; peak memory.
 `--model` builds a model of that published shape with random weights in a temporary folder
 (scripts/random_model.py; nothing is downloaded): its completions run to the length limit,
 so both samplers are timed on the same number of tokens. Runs the real step function
-(grpo_cli.loop.train_step) on a throw-away run folder, skipping the first --warmup steps, and
+(grpo_cli.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
 prints one table. Figures, not assertions: compare runs on the same machine.
 """
 
@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 
 from grpo_cli.compose import compose, to_object
-from grpo_cli.config import validate
-from grpo_cli.loop import train_step
-from grpo_cli.runtime import DTYPES, build, quiet_libraries
+from grpo_cli.validation import validate
+from grpo_cli.rl import train_step
+from grpo_cli.rl import build
+from grpo_cli.runtime import DTYPES, quiet_libraries
 from random_model import SHAPES, make_model
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")

@@ -36,8 +36,8 @@ BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-cor
 
 def build_run(model_dir: Path, run_dir: str, args):
     from grpo_cli.compose import compose, to_object
-    from grpo_cli.config import validate
-    from grpo_cli.runtime import build
+    from grpo_cli.validation import validate
+    from grpo_cli.rl import build
 
     overrides = [f"output_dir={run_dir}", f"model.name_or_path={model_dir}", "model.dtype=bfloat16", "device=cuda",
                  "model.gradient_checkpointing=true", "sampler=vllm", f"sampler.n={args.n}",
@@ -75,12 +75,13 @@ def generation(run, seeds) -> dict[str, float]:
 
 def learner_throughput(run, steps: int) -> dict[str, float]:
     """Recompute-and-update seconds on one step's batch, as tokens/s and MFU."""
-    from grpo_cli.loop import collect, Stopwatch
+    from grpo_cli.rl import Stopwatch, collect
+    from grpo_cli.types import BatchLogprobs, Sequences, TrainBatch
 
     rollouts, _, _, _ = collect(run, 0, Stopwatch())
     run.sampler.sleep()
-    batch = run.learner.to_train_batch(rollouts)
-    batch.advantages = torch.randn(len(batch), 1) * batch.loss_mask
+    sequences = Sequences.from_rollouts(rollouts)
+    batch = TrainBatch.assemble(sequences, torch.randn(len(sequences), 1) * sequences.loss_mask, BatchLogprobs())
     tokens = float(batch.attention_mask.sum())
     seconds = [timed(lambda: run.learner.update(batch, seed=i))[1] for i in range(steps)]
     params = sum(p.numel() for p in run.learner.model.parameters())
@@ -100,13 +101,14 @@ def push_seconds(run, repeats: int = 5) -> float:
 def step_split(run, steps: int) -> dict[str, float]:
     """Whole training steps (after one warm-up): the time split, the sampler-learner gap after
     each push, and how far the steps move the learner's log-probs of a fixed sequence."""
-    from grpo_cli.loop import train_step
+    from grpo_cli.rl import train_step
+    from grpo_cli.types import Sequences
 
-    probe = run.learner.to_train_batch(run.sampler.generate(run.train_prompts.take([0, 1, 2, 3]), run.train_params,
+    probe = Sequences.from_rollouts(run.sampler.generate(run.train_prompts.take([0, 1, 2, 3]), run.train_params,
                                                             seeds=[0, 1, 2, 3]))
-    before = run.learner._logprobs_of(run.learner.model, probe)
+    before = run.learner.policy_logprobs(probe)
     records = [train_step(run, step) for step in range(steps + 1)][1:]
-    after = run.learner._logprobs_of(run.learner.model, probe)
+    after = run.learner.policy_logprobs(probe)
     out = {f"step_{k.removeprefix('time/')}_s": statistics.mean(r[k] for r in records)
            for k in records[0] if k.startswith("time/")}
     out["max_step_logprob_gap"] = max(r["mismatch/abs_logprob_gap"] for r in records)

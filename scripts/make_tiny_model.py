@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "grpo_cli" / "assets"
 sys.path.insert(0, str(REPO))
 
-from grpo_cli.rewards.builtin import extract_final_answer  # noqa: E402
+from grpo_cli.rewards.builtin import extract_final_answer, parse_number, same_number  # noqa: E402
 from grpo_cli.tasks import arithmetic  # noqa: E402
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -258,8 +258,13 @@ def evaluate(model, tokenizer, rows: list[dict], samples: int, seed: int) -> dic
     }
 
 
+def is_correct(text: str, answer: str) -> bool:
+    """Whether a completion's final answer equals `answer`, exactly as the reward scores it."""
+    return same_number(extract_final_answer(text), parse_number(answer))
+
+
 def _accuracy(texts: list[str], answers: list[str]) -> float:
-    return sum(arithmetic.is_correct(t, a) for t, a in zip(texts, answers, strict=True)) / len(texts)
+    return sum(is_correct(t, a) for t, a in zip(texts, answers, strict=True)) / len(texts)
 
 
 def _ends_with_answer(text: str) -> bool:
@@ -271,7 +276,7 @@ def _accuracy_by_terms(rows, texts, answers, samples) -> dict[str, float]:
     by_terms: dict[int, list[bool]] = {}
     for index, (text, answer) in enumerate(zip(texts, answers, strict=True)):
         terms = len(arithmetic.parse_question(rows[index // samples]["question"]))
-        by_terms.setdefault(terms, []).append(arithmetic.is_correct(text, answer))
+        by_terms.setdefault(terms, []).append(is_correct(text, answer))
     return {f"sampled_accuracy_{k}_terms": sum(v) / len(v) for k, v in sorted(by_terms.items())}
 
 

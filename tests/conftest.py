@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from grpo_cli.compose import compose, to_object
-from grpo_cli.config import ASSETS_DIR, validate
+from grpo_cli.config import ASSETS_DIR
+from grpo_cli.learner import Learner
+from grpo_cli.types import Sequences, TrainBatch
+from grpo_cli.validation import validate
 
 TINY = str(ASSETS_DIR / "tiny-arith")
 
@@ -12,6 +15,18 @@ TINY = str(ASSETS_DIR / "tiny-arith")
 def seeds(base: int, count: int) -> list[int]:
     """One sampling seed per prompt."""
     return [base * 1000 + i for i in range(count)]
+
+
+def rl_learner(cfg, dtype=torch.float32, total_optimizer_steps: int = 10, **kwargs) -> Learner:
+    """A learner on the CPU as the RL objective builds it: a reference when β > 0."""
+    return Learner(cfg, torch.device("cpu"), dtype, total_optimizer_steps=total_optimizer_steps,
+                   needs_reference=cfg.algorithm.kl_coef > 0, **kwargs)
+
+
+def train_batch(learner: Learner, rollouts) -> TrainBatch:
+    """The rollouts as the RL step hands them to the learner, with advantages 0 (tests set theirs)."""
+    sequences = Sequences.from_rollouts(rollouts)
+    return TrainBatch.assemble(sequences, torch.zeros_like(sequences.loss_mask), learner.logprobs(sequences))
 
 
 def pytest_collection_modifyitems(config, items):

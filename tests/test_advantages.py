@@ -142,3 +142,21 @@ def test_kl_in_the_reward_lowers_sequence_rewards():
     inp = AdvantageInputs(torch.tensor([1.0, 1.0]), torch.zeros(2, dtype=torch.long), mask, kl_penalty=penalty)
     adv = ADVANTAGES["dr_grpo"](inp, AlgorithmConfig())
     assert adv[:, 0].tolist() == pytest.approx([-0.15, 0.15])
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+def test_a_selection_mask_is_exactly_leaving_the_rewards_out(name):
+    """A group filter hands its choice over as `selected`; that must give, bit for bit, what
+    the completions would get with no reward at all (NaN), and exactly 0 where not selected."""
+    generator = torch.Generator().manual_seed(7)
+    rewards = torch.randint(0, 3, (12,), generator=generator).float()
+    rewards[5] = torch.nan  # a reward function with no opinion stays excluded as well
+    group_ids = torch.arange(3).repeat_interleave(4)
+    mask = (torch.arange(6)[None, :] < torch.randint(1, 7, (12, 1), generator=generator)).float()
+    selected = torch.rand(12, generator=generator) > 0.3
+    cfg = AlgorithmConfig(advantage=name)
+    masked = ADVANTAGES[name](AdvantageInputs(rewards, group_ids, mask, selected=selected), cfg)
+    unscored = ADVANTAGES[name](AdvantageInputs(torch.where(selected, rewards, torch.nan), group_ids, mask), cfg)
+    assert torch.equal(masked, unscored)
+    assert torch.equal(masked[~selected], torch.zeros_like(masked[~selected]))
+    assert masked.abs().sum() > 0

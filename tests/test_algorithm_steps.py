@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from grpo_cli.loop import train_step
-from grpo_cli.runtime import build
+from grpo_cli.rl import train_step
+from grpo_cli.rl import build
 from test_config import options
 
 
@@ -23,7 +23,7 @@ def test_two_steps(make_cfg, algorithm):
 
 
 def test_dynamic_sampling_fills_the_batch_with_groups_that_have_a_spread(make_cfg):
-    from grpo_cli.loop import Stopwatch, collect
+    from grpo_cli.rl import Stopwatch, collect
 
     # G = 2 at a base accuracy near 0.4: about half the groups have no spread, so rounds refill.
     cfg = make_cfg("algorithm=dapo", "trainer.prompts_per_step=6", "sampler.n=2")

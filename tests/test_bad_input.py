@@ -11,7 +11,7 @@ BAD = [
     ("sampler.n=1", "sampler.n=1"),
     ("algorithm.clip_eps_low=1.5", "clip_eps_low"),
     ("algorithm.clip_eps_low=0", "clip_eps_low"),
-    ("algorithm=gfpo algorithm.gfpo_k=9", "gfpo_k=9"),
+    ("algorithm=gfpo algorithm.gfpo.k=9", "gfpo.k=9"),
     ("algorithm=nope", "available: cispo, dapo"),
     ("reward=nope", "available: arithmetic"),
     ("sampler=nope", "available: hf, vllm"),

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.compose import available_recipes, compose, config_dir, to_object
-from grpo_cli.config import ConfigError, validate
+from grpo_cli.errors import ConfigError
+from grpo_cli.validation import validate
 
 GROUPS = ["algorithm", "model", "reward", "sampler", "data", "trainer"]
 
@@ -67,7 +68,7 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("+trainer.stepz=3", "stepz"),
     ("trainer.steps=abc", "trainer.steps"),
     ("algorithm=nope", "available: cispo, dapo, dpo, dr_grpo, gfpo"),
-    ("algorithm=gfpo algorithm.gfpo_k=9", "gfpo_k=9"),
+    ("algorithm=gfpo algorithm.gfpo.k=9", "gfpo.k=9"),
     ("+recipe=nope", "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, gr_dpo, gsm8k, gsm8k_cpu, gspo"),
     ("sampler.n=1", "sampler.n=1"),
     ("trainer.lr=-1", "trainer.lr"),
@@ -78,6 +79,20 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("reward.functions=[{name:overlong,kwargs:{max_length:10}}]", "reward.functions[0].kwargs for overlong"),
     ("reward.functions=[{name:overlong,kwargs:{max_length:10,cache_length:20}}]", "cache_length <= max_length"),
     ("algorithm.mini_batches=3", "mini_batches"),
+    # every mode's valid values come from the registry that implements it
+    ("algorithm.kl_in=both", "valid: loss, reward"),
+    ("trainer.schedule=step", "valid: constant, cosine, linear"),
+    ("algorithm.correction_level=batch", "valid: sequence, token"),
+    ("algorithm=gfpo algorithm.gfpo.metric=reward", "valid: length, token_efficiency"),
+    ("algorithm=gfpo algorithm.gfpo.rejected=keep", "valid: drop, zero_adv"),
+    ("algorithm.objective=sft", "valid: preference, rl"),
+    ("device=tpu", "valid: auto, cpu, cuda"),
+    ("model.dtype=int8", "valid: bfloat16, float16, float32"),
+    # keys that moved into a block say where they went
+    ("algorithm=gfpo algorithm.gfpo_k=4", "algorithm.gfpo_k is now algorithm.gfpo.k"),
+    ("algorithm=gr_dpo algorithm.eta_alpha=0.1", "algorithm.eta_alpha is now algorithm.preference.eta_alpha"),
+    # the preference objective has its reference in the margin; a KL term would load a second one
+    ("algorithm=dpo algorithm.kl_coef=0.04", "set algorithm.kl_coef=0"),
 ])
 def test_bad_config_names_the_key(override, fragment):
     with pytest.raises(ConfigError) as error:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.config import UserError
-from grpo_cli.data import load_prompts, step_indices
+from grpo_cli.errors import UserError
+from grpo_cli.data import load_prompts
+from grpo_cli.schedule import step_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -139,7 +140,7 @@ def test_parquet_csv_and_json_files_load_like_jsonl(make_cfg, tokenizer, tmp_pat
 
 
 def test_answer_pattern_must_be_a_regex_with_one_group(make_cfg):
-    from grpo_cli.config import ConfigError
+    from grpo_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="is not a regular expression"):
         make_cfg("data.answer_pattern='(unclosed'")

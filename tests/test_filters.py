@@ -8,7 +8,7 @@ import torch
 
 from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, AdvantageInputs
 from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, top_k_per_group
-from grpo_cli.config import AlgorithmConfig
+from grpo_cli.config import AlgorithmConfig, GfpoConfig
 from grpo_cli.types import Rollouts, Scores
 
 R = [0.8, 0.6, 0.2, 0.9]
@@ -35,7 +35,7 @@ def case(rewards, lengths, groups=None):
 
 def gfpo_advantages(metric, ddof):
     rollouts, scores = case(R, LENGTHS)
-    cfg = AlgorithmConfig(group_filter="gfpo", gfpo_k=2, gfpo_metric=metric, std_ddof=ddof, adv_eps=0.0)
+    cfg = AlgorithmConfig(group_filter="gfpo", std_ddof=ddof, adv_eps=0.0, gfpo=GfpoConfig(k=2, metric=metric))
     selected = GROUP_FILTERS["gfpo"](rollouts, scores, cfg, context()).selected
     rewards = torch.where(selected, scores.total, math.nan)
     adv = ADVANTAGES["grpo"](AdvantageInputs(rewards, rollouts.group_ids, rollouts.completion_mask.float()), cfg)
@@ -72,15 +72,15 @@ def test_top_k_per_group_matches_a_loop_and_breaks_ties_reproducibly():
 
 def test_k_at_least_g_keeps_everything():
     rollouts, scores = case(R, LENGTHS)
-    cfg = AlgorithmConfig(group_filter="gfpo", gfpo_k=4)
+    cfg = AlgorithmConfig(group_filter="gfpo", gfpo=GfpoConfig(k=4))
     selection = GROUP_FILTERS["gfpo"](rollouts, scores, cfg, context())
     assert selection.selected.all() and selection.kept.all()
 
 
 def test_drop_mode_removes_rejected_and_keeps_the_subset_advantages():
     rollouts, scores = case(R, LENGTHS)
-    zero = AlgorithmConfig(group_filter="gfpo", gfpo_k=2, std_ddof=0, adv_eps=0.0)
-    drop = AlgorithmConfig(group_filter="gfpo", gfpo_k=2, std_ddof=0, adv_eps=0.0, gfpo_rejected="drop")
+    zero = AlgorithmConfig(group_filter="gfpo", std_ddof=0, adv_eps=0.0, gfpo=GfpoConfig(k=2))
+    drop = AlgorithmConfig(group_filter="gfpo", std_ddof=0, adv_eps=0.0, gfpo=GfpoConfig(k=2, rejected="drop"))
     kept_all = GROUP_FILTERS["gfpo"](rollouts, scores, zero, context())
     dropped = GROUP_FILTERS["gfpo"](rollouts, scores, drop, context())
     assert kept_all.kept.tolist() == [True] * 4
@@ -108,7 +108,7 @@ def adaptive_case():
 
 def test_adaptive_k_uses_the_largest_k_until_enough_prompts_were_seen():
     rollouts, scores = adaptive_case()
-    cfg = AlgorithmConfig(group_filter="gfpo_adaptive", gfpo_adaptive_k=[4, 3, 2, 1], gfpo_adaptive_warmup=8)
+    cfg = AlgorithmConfig(group_filter="gfpo_adaptive", gfpo=GfpoConfig(adaptive_k=[4, 3, 2, 1], adaptive_warmup=8))
     selection = GROUP_FILTERS["gfpo_adaptive"](rollouts, scores, cfg, context(history=[0.5] * 7))
     assert selection.selected.all() and selection.metrics["gfpo/mean_k"] == 4
 
@@ -116,7 +116,7 @@ def test_adaptive_k_uses_the_largest_k_until_enough_prompts_were_seen():
 def test_adaptive_k_by_difficulty_quartile():
     # History 0, 0.1, ..., 1.0: q25 = 0.25, q50 = 0.5, q75 = 0.75 exactly.
     rollouts, scores = adaptive_case()
-    cfg = AlgorithmConfig(group_filter="gfpo_adaptive", gfpo_adaptive_k=[4, 3, 2, 1], gfpo_adaptive_warmup=8)
+    cfg = AlgorithmConfig(group_filter="gfpo_adaptive", gfpo=GfpoConfig(adaptive_k=[4, 3, 2, 1], adaptive_warmup=8))
     ctx = context(history=[i / 10 for i in range(11)])
     assert ctx.difficulty.quartiles(8).tolist() == pytest.approx([0.25, 0.5, 0.75])
     selection = GROUP_FILTERS["gfpo_adaptive"](rollouts, scores, cfg, ctx)

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from grpo_cli.loop import train_step
-from grpo_cli.runtime import build
+from grpo_cli.rl import train_step
+from grpo_cli.rl import build
 
 pytestmark = pytest.mark.gpu
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
-from grpo_cli.learner import Learner
+from grpo_cli.types import Sequences
 from grpo_cli.sampler import SamplingParams, engine
-from conftest import TINY, seeds
+from conftest import TINY, rl_learner, seeds, train_batch
 from test_config import options
 
 
@@ -19,7 +19,7 @@ def rollouts(tokenizer, eval_prompts):
 
 
 def gradient(learner, batch):
-    learner.optimizer.zero_grad(set_to_none=True)
+    learner.zero_grad()
     metrics = learner.accumulate_gradients(batch, learner.batch_norm(batch))
     grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
     return grads, metrics
@@ -29,8 +29,8 @@ def gradient(learner, batch):
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts, aggregation, split):
     cfg = make_cfg(f"algorithm.aggregation={aggregation}", "algorithm.epochs=2", "algorithm.kl_coef=0.04")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    learner = rl_learner(cfg)
+    batch = train_batch(learner, rollouts)
     generator = torch.Generator().manual_seed(0)
     noise = 0.3 * torch.randn(batch.old_logprobs.shape, generator=generator)
     batch.old_logprobs = (batch.old_logprobs + noise) * batch.loss_mask  # ratios away from 1: some clip
@@ -39,7 +39,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts,
     full, full_metrics = gradient(learner, batch)
     key, value = split.split("=")
     setattr(learner.cfg.trainer, key, int(value))
-    assert len(list(learner._micro_batches(batch))) > 2
+    assert len(list(learner.micro_batches(batch))) > 2
     micro, micro_metrics = gradient(learner, batch)
     assert full_metrics["clip/fraction"] > 0.05
     assert torch.allclose(full, micro, rtol=1e-4, atol=1e-6)
@@ -47,21 +47,21 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts,
 
 
 def test_token_budget_micro_batches_trim_padding_and_keep_logprobs(make_cfg, rollouts):
-    learner = Learner(make_cfg("algorithm.kl_coef=0.04"), torch.device("cpu"), torch.float32, total_optimizer_steps=1)
-    batch = learner.to_train_batch(rollouts)
-    whole = learner._logprobs_of(learner.reference, batch)
+    learner = rl_learner(make_cfg("algorithm.kl_coef=0.04"), total_optimizer_steps=1)
+    batch = Sequences.from_rollouts(rollouts)
+    whole = learner.logprobs(batch).ref_logprobs
     learner.cfg.trainer.micro_batch_tokens = 150
-    parts = list(learner._micro_batches(batch))
+    parts = list(learner.micro_batches(batch))
     assert sorted(i for index, _ in parts for i in index.tolist()) == list(range(len(batch)))
     assert all(len(m) * m.input_ids.shape[1] <= 150 or len(m) == 1 for _, m in parts)
     assert min(m.input_ids.shape[1] for _, m in parts) < batch.input_ids.shape[1]  # padding trimmed
-    assert torch.allclose(learner._logprobs_of(learner.reference, batch), whole, atol=1e-5)
+    assert torch.allclose(learner.logprobs(batch).ref_logprobs, whole, atol=1e-5)
 
 
 def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
     cfg = make_cfg("algorithm.kl_coef=0.0")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    learner = rl_learner(cfg)
+    batch = train_batch(learner, rollouts)
     assert batch.old_logprobs is None and batch.ref_logprobs is None and learner.reference is None
     batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
     _, metrics = gradient(learner, batch)
@@ -70,8 +70,8 @@ def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
 
 def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
     cfg = make_cfg("algorithm.kl_coef=0.0")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    learner = rl_learner(cfg)
+    batch = train_batch(learner, rollouts)
     before = [p.detach().clone() for p in learner.model.parameters()]
     metrics = learner.update(batch, seed=0)
     assert metrics["grad_norm"] == 0.0
@@ -87,8 +87,8 @@ def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, r
     0.119, §8.9): advantages exactly 0, a finite loss, and with β = 0 the weights do not move.
     With β > 0 the gradient is the KL term's alone."""
     cfg = make_cfg(f"algorithm={algorithm}", "algorithm.kl_coef=0.0", "algorithm.epochs=2")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    learner = rl_learner(cfg)
+    batch = train_batch(learner, rollouts)
     rewards = torch.full((len(batch),), 0.7, dtype=torch.float32)
     batch.advantages = ADVANTAGES[cfg.algorithm.advantage](
         AdvantageInputs(rewards, rollouts.group_ids, batch.loss_mask), cfg.algorithm)
@@ -102,11 +102,11 @@ def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, r
 
 def test_zero_advantages_leave_only_the_kl_gradient(make_cfg, rollouts):
     cfg = make_cfg("algorithm.kl_coef=0.04")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    learner = rl_learner(cfg)
     with torch.no_grad():  # move the policy off the reference so the KL term has a gradient
         for p in learner.model.parameters():
             p.add_(1e-2 * torch.randn_like(p))
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch = train_batch(learner, rollouts)
     with_kl, metrics = gradient(learner, batch)
     assert metrics["loss/policy"] == 0.0 and metrics["kl"] > 0
     learner.cfg.algorithm.kl_coef = 0.0
@@ -123,9 +123,9 @@ def test_dropout_is_off_in_training_mode(make_cfg, rollouts, tmp_path):
     model.save_pretrained(tmp_path / "dropout")
     AutoTokenizer.from_pretrained(TINY).save_pretrained(tmp_path / "dropout")
     cfg = make_cfg(f"model.name_or_path={tmp_path / 'dropout'}", "algorithm.epochs=2", "algorithm.kl_coef=0")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    learner = rl_learner(cfg)
     assert learner.model.training
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch = train_batch(learner, rollouts)
     batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
     _, metrics = gradient(learner, batch)
     assert metrics["ratio/mean"] == pytest.approx(1.0, abs=1e-6)
@@ -134,7 +134,7 @@ def test_dropout_is_off_in_training_mode(make_cfg, rollouts, tmp_path):
 @pytest.mark.parametrize("alpha", [1.0, 0.6])
 def test_reference_reset_mixes_policy_into_reference(make_cfg, alpha):
     cfg = make_cfg("algorithm.kl_coef=0.04", "algorithm.ref_reset_every=5", f"algorithm.ref_mix_alpha={alpha}")
-    learner = Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    learner = rl_learner(cfg)
     with torch.no_grad():
         for p in learner.model.parameters():
             p.add_(0.1)
@@ -151,9 +151,9 @@ def test_bf16_with_fp32_master_weights_keeps_small_updates(make_cfg, rollouts, f
     so bf16 weights stay put, while fp32 master weights move."""
     cfg = make_cfg("model.dtype=bfloat16", f"model.fp32_master={str(fp32_master).lower()}", "trainer.lr=1e-6",
                    "trainer.warmup_steps=0")
-    learner = Learner(cfg, torch.device("cpu"), torch.bfloat16, total_optimizer_steps=10)
+    learner = rl_learner(cfg, torch.bfloat16)
     assert next(learner.model.parameters()).dtype == (torch.float32 if fp32_master else torch.bfloat16)
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch = train_batch(learner, rollouts)
     batch.advantages = torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
     before = [p.detach().clone() for p in learner.model.parameters()]
     learner.optimizer_step(batch)

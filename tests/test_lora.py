@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY, seeds
-from grpo_cli.learner import Learner
+from conftest import TINY, rl_learner, seeds, train_batch
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from test_config import composed
@@ -20,12 +19,12 @@ def sampler(tokenizer):
 
 def lora_learner(make_cfg, *overrides):
     cfg = make_cfg("model.lora.rank=4", "model.lora.alpha=8", "trainer.lr=1e-2", *overrides)
-    return Learner(cfg, torch.device("cpu"), torch.float32, total_optimizer_steps=10)
+    return rl_learner(cfg)
 
 
 def trained_batch(learner, sampler, eval_prompts):
     rollouts = sampler.generate(eval_prompts.take(list(range(4))), SamplingParams(4, 1.0, 1.0, 0, 40), seeds=seeds(1, 4))
-    batch = learner.add_logprobs(learner.to_train_batch(rollouts))
+    batch = train_batch(learner, rollouts)
     batch.advantages = torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
     return batch
 
@@ -57,11 +56,11 @@ def test_only_adapters_move_and_the_push_matches_the_learner(make_cfg, sampler, 
     merged = learner.weights()
     assert max(float((merged[k] - base[k]).abs().max()) for k in base) > 1e-4
     sampler.load_weights(merged, version=1)
-    micro = learner._to_device(batch)
+    micro = batch.to(learner.device)
     policy = sequence_logprobs(learner.model, micro, 1.0)[0].detach() * batch.loss_mask
     pushed = sequence_logprobs(sampler.model, micro, 1.0)[0] * batch.loss_mask
     assert (policy - pushed).abs().max() < 1e-4
-    reference = learner.add_logprobs(batch).ref_logprobs
+    reference = learner.logprobs(batch).ref_logprobs
     base_model = AutoModelForCausalLM.from_pretrained(TINY)
     assert (reference - sequence_logprobs(base_model, micro, 1.0)[0] * batch.loss_mask).abs().max() < 1e-5
     sampler.load_weights(base, version=0)
@@ -78,7 +77,7 @@ def test_a_lora_run_checkpoints_merged_weights_and_resumes_its_adapters(tmp_path
     merged = AutoModelForCausalLM.from_pretrained(step)  # what grpo eval loads: no PEFT needed
     assert not any("lora" in k for k in merged.state_dict())
     cfg_overrides = [*run, "trainer.steps=3", "resume=auto"]
-    learner = Learner(composed(*cfg_overrides), torch.device("cpu"), torch.float32, 3, policy_path=str(step))
+    learner = rl_learner(composed(*cfg_overrides), total_optimizer_steps=3, policy_path=str(step))
     resumed = learner.weights()
     assert max(float((resumed[k] - v).abs().max()) for k, v in merged.state_dict().items()) < 1e-6
     assert main(["train", *cfg_overrides]) == 0

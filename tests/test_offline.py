@@ -28,9 +28,10 @@ def test_pair_batch_puts_chosen_then_rejected_and_masks_the_responses(run):
     one = offline.pair_batch(run.train, [1], run.tokenizer.pad_token_id)
     direct = (sequence_logprobs(run.learner.model, one, 1.0)[0] * one.loss_mask).sum(-1)
     many = offline.sums_of(run.learner.model, run.train, [0, 1, 2], run.tokenizer.pad_token_id, torch.device("cpu"),
-                           run.learner._precision, per_call=2)
+                           run.learner.precision, per_call=2)
     assert many[1].tolist() == pytest.approx(direct.tolist(), abs=1e-4)
     assert torch.allclose(run.ref_train[:3], many, atol=1e-4)  # the policy has not moved yet: it is the reference
+    assert run.learner.reference is None  # its sums are cached; the model itself is freed
 
 
 def step_result(tmp_path, micro_batch_size):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from grpo_cli.config import UserError
+from grpo_cli.errors import UserError
 from grpo_cli.data import load_pairs
 
 ROWS = [

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grpo_cli.preference import (GroupState, PairLogprobs, dpo_loss, group_losses, group_robust_weights, ipo_loss,
+from grpo_cli.algorithms.preference import (GroupState, PairLogprobs, dpo_loss, group_losses, group_robust_weights, ipo_loss,
                                  mean_weights, preference_accuracy, preference_loss, updated_alpha)
 
 SIZES = [300, 100]  # §8.8: K = 2, N_1 = 300, N_2 = 100

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
-from grpo_cli.config import AlgorithmConfig, ConfigError, ProcessRewardConfig
+from grpo_cli.config import AlgorithmConfig, ProcessRewardConfig
+from grpo_cli.errors import ConfigError
 from grpo_cli.rewards.process import ArithmeticSteps, HFProcessRewardModel, ProcessScorer, segment
 from conftest import TINY
 

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from grpo_cli.config import ConfigError, RewardConfig, RewardFunctionConfig
+from grpo_cli.config import RewardConfig, RewardFunctionConfig
+from grpo_cli.errors import ConfigError
 from grpo_cli.rewards.scoring import RewardSet
 
 USER_REWARDS = '''
@@ -95,7 +96,7 @@ def test_a_batch_answer_of_the_wrong_length_is_retried_row_by_row(user_file):
     ("nope", "reward.functions[0].name='nope' is not a reward"),
 ])
 def test_bad_reward_names_fail_at_config_time(name, fragment):
-    from grpo_cli.config import validate_rewards
+    from grpo_cli.validation import validate_rewards
 
     with pytest.raises(ConfigError, match=None) as error:
         validate_rewards(RewardConfig(functions=[RewardFunctionConfig(name, 1.0, {})]))

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from conftest import TINY, seeds
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
-from grpo_cli.sampler.base import left_pad
+from grpo_cli.types import left_pad
 from grpo_cli.sampler.hf import filter_logits
 
 

@@ -11,11 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY, seeds
-from grpo_cli.config import SamplerConfig, UserError
+from grpo_cli.config import SamplerConfig
+from grpo_cli.errors import UserError
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler import vllm as vllm_sampler
-from grpo_cli.sampler.base import left_pad
+from grpo_cli.types import left_pad
 from grpo_cli.types import TrainBatch
 
 CPU = torch.device("cpu")

@@ -1,18 +1,34 @@
-"""The stage dictionaries of DESIGN.md: pure tensor functions picked by config name."""
+"""The stage dictionaries of DESIGN.md: pure tensor functions picked by config name, and the
+dictionaries of the modes they read; each dictionary holds its option's valid values."""
 
-from grpo_cli.algorithms.advantages import ADVANTAGES, AdvantageInputs
-from grpo_cli.algorithms.filters import GROUP_FILTERS
-from grpo_cli.algorithms.kl import KL_ESTIMATORS
-from grpo_cli.algorithms.losses import AGGREGATIONS, CORRECTIONS, POLICY_LOSSES, RATIOS, compute_loss
+from grpo_cli.algorithms.advantages import ADVANTAGES
+from grpo_cli.algorithms.filters import GFPO_METRICS, GFPO_REJECTED, GROUP_FILTERS
+from grpo_cli.algorithms.kl import KL_ESTIMATORS, KL_PLACEMENTS
+from grpo_cli.algorithms.losses import (
+    AGGREGATIONS,
+    CORRECTION_LEVELS,
+    CORRECTIONS,
+    POLICY_LOSSES,
+    RATIOS,
+    compute_loss,
+)
+from grpo_cli.algorithms.preference import PAIR_LOSSES, WEIGHTINGS
+from grpo_cli.types import AdvantageInputs
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
     "AdvantageInputs",
     "CORRECTIONS",
+    "CORRECTION_LEVELS",
+    "GFPO_METRICS",
+    "GFPO_REJECTED",
     "GROUP_FILTERS",
     "KL_ESTIMATORS",
+    "KL_PLACEMENTS",
+    "PAIR_LOSSES",
     "POLICY_LOSSES",
     "RATIOS",
+    "WEIGHTINGS",
     "compute_loss",
 ]

@@ -9,7 +9,7 @@ recent prompt difficulties.
 
 Where we differ:
 - GFPO's rejected completions keep their place in the batch by default (the paper: they stay
-  in the token normaliser and get the KL term, with advantage exactly 0); `gfpo_rejected: drop`
+  in the token normaliser and get the KL term, with advantage exactly 0); `gfpo.rejected: drop`
   removes them as TRL's experimental trainer did.
 - Adaptive GFPO reads exact quartiles of a window of recent prompt difficulties instead of a
   t-digest: a run sees thousands of prompts, not millions, so the exact answer is cheap.
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo_cli.algorithms.advantages import group_stats
+from grpo_cli.algorithms.stats import group_stats
+from grpo_cli.config import AlgorithmConfig
 from grpo_cli.types import Rollouts, Scores
 
 
@@ -77,12 +78,12 @@ class FilterContext:
     difficulty: DifficultyTracker
 
 
-def select_all(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+def select_all(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext) -> Selection:
     everything = torch.ones(rollouts.group_ids.shape[0], dtype=torch.bool)
     return Selection(selected=everything, kept=everything.clone())
 
 
-def dynamic_sampling(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+def dynamic_sampling(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext) -> Selection:
     """Keep the groups whose correctness varies (0 < #correct < G). Correctness, not the shaped
     reward: an all-correct group of different lengths is still dropped (verl filters on `acc`)."""
     stats = group_stats(scores.correct.double(), rollouts.group_ids, std_ddof=0)
@@ -90,13 +91,28 @@ def dynamic_sampling(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext
     return Selection(selected=spread, kept=spread.clone())
 
 
-def gfpo_metric(rollouts: Rollouts, scores: Scores, metric: str) -> torch.Tensor:
-    """[N] higher is better: -|o_i| (shortest first) or R_i / max(|o_i|, 1)."""
-    lengths = rollouts.completion_lengths.float()
-    if metric == "length":
-        return -lengths
-    efficiency = scores.total / lengths.clamp(min=1)
+def shortest(rollouts: Rollouts, scores: Scores) -> torch.Tensor:
+    """[N] -|o_i|: the shortest completions first."""
+    return -rollouts.completion_lengths.float()
+
+
+def token_efficiency(rollouts: Rollouts, scores: Scores) -> torch.Tensor:
+    """[N] R_i / max(|o_i|, 1): the most reward per token first; no reward ranks last."""
+    efficiency = scores.total / rollouts.completion_lengths.float().clamp(min=1)
     return torch.where(torch.isnan(efficiency), torch.full_like(efficiency, -torch.inf), efficiency)
+
+
+# GFPO's ranking of a group's completions, higher is better: (Rollouts, Scores) -> [N].
+GFPO_METRICS = {
+    "length": shortest,
+    "token_efficiency": token_efficiency,
+}
+
+# What happens to the completions GFPO did not keep: selected [N] bool -> kept [N] bool.
+GFPO_REJECTED = {
+    "zero_adv": torch.ones_like,  # the paper: they stay in the batch, with advantage 0
+    "drop": torch.clone,  # TRL: they leave the batch
+}
 
 
 def top_k_per_group(values: torch.Tensor, group_ids: torch.Tensor, k: int | torch.Tensor,
@@ -113,12 +129,12 @@ def top_k_per_group(values: torch.Tensor, group_ids: torch.Tensor, k: int | torc
     return rank < limit
 
 
-def _subset(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext, k: int | torch.Tensor) -> Selection:
-    """Keep k per group by cfg.gfpo_metric; log the kept and rejected lengths (§5.4)."""
-    selected = top_k_per_group(gfpo_metric(rollouts, scores, cfg.gfpo_metric), rollouts.group_ids, k, ctx.generator)
-    kept = selected.clone() if cfg.gfpo_rejected == "drop" else torch.ones_like(selected)
+def _subset(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext, k: int | torch.Tensor) -> Selection:
+    """Keep k per group by cfg.gfpo.metric; log the kept and rejected lengths (§5.4)."""
+    selected = top_k_per_group(GFPO_METRICS[cfg.gfpo.metric](rollouts, scores), rollouts.group_ids, k, ctx.generator)
+    kept = GFPO_REJECTED[cfg.gfpo.rejected](selected)
     lengths = rollouts.completion_lengths.float()
-    subset = group_stats(torch.where(selected, scores.total, torch.nan), rollouts.group_ids, cfg.std_ddof)
+    subset = group_stats(scores.total, rollouts.group_ids, cfg.std_ddof, selected)
     sizes = torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selected.float())
     metrics = {
         "gfpo/mean_k": float(sizes.mean()),
@@ -129,15 +145,15 @@ def _subset(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext, k: int 
     return Selection(selected=selected, kept=kept, metrics=metrics)
 
 
-def gfpo(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
-    return _subset(rollouts, scores, cfg, ctx, cfg.gfpo_k)
+def gfpo(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext) -> Selection:
+    return _subset(rollouts, scores, cfg, ctx, cfg.gfpo.k)
 
 
-def gfpo_adaptive(rollouts: Rollouts, scores: Scores, cfg, ctx: FilterContext) -> Selection:
+def gfpo_adaptive(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext) -> Selection:
     """k per prompt by difficulty bucket: mean reward below q25, q50, q75 or above, read from
     the prompts seen before this batch; the largest k until enough have been seen."""
-    ks = torch.tensor(list(cfg.gfpo_adaptive_k))
-    quartiles = ctx.difficulty.quartiles(cfg.gfpo_adaptive_warmup)
+    ks = torch.tensor(list(cfg.gfpo.adaptive_k))
+    quartiles = ctx.difficulty.quartiles(cfg.gfpo.adaptive_warmup)
     if quartiles is None:
         k = ks.max().expand(rollouts.num_groups)
     else:

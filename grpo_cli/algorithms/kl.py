@@ -3,11 +3,20 @@
 GRPO (arXiv 2402.03300) uses k3 in the loss. k3 is computed from the log difference, never
 from probabilities, with verl's clamps: (ℓ_ref - ℓ) to [-20, 20] before exp, result ≤ 10.
 Signature: (logprobs [b, C], ref_logprobs [b, C]) -> per-token estimate [b, C].
+
+Where β·KL enters is `algorithm.kl_in`, one of KL_PLACEMENTS: the loss (GRPO) or the reward
+(PPO style, REINFORCE++), where `reward_penalty` makes it a per-token penalty for the
+advantage estimators.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from grpo_cli.config import AlgorithmConfig
+from grpo_cli.types import BatchLogprobs
 
 LOG_DIFF_CLAMP = 20.0
 K3_MAX = 10.0
@@ -34,3 +43,26 @@ KL_ESTIMATORS = {
     "k2": k2,
     "k3": k3,
 }
+
+
+@dataclass(frozen=True)
+class KLPlacement:
+    """in_loss: β·KL is added to the policy loss; in_reward: it is subtracted from the reward,
+    which needs ℓ_old of every token before the update."""
+
+    in_loss: bool
+    in_reward: bool
+
+
+KL_PLACEMENTS = {
+    "loss": KLPlacement(in_loss=True, in_reward=False),
+    "reward": KLPlacement(in_loss=False, in_reward=True),
+}
+
+
+def reward_penalty(logprobs: BatchLogprobs, loss_mask: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor | None:
+    """β·KL_t per token, [N, C], when the KL goes into the reward; None otherwise."""
+    if not KL_PLACEMENTS[cfg.kl_in].in_reward or logprobs.ref_logprobs is None:
+        return None
+    kl = KL_ESTIMATORS[cfg.kl_estimator](logprobs.old_logprobs, logprobs.ref_logprobs)
+    return cfg.kl_coef * kl * loss_mask

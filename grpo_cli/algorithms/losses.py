@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_cli.algorithms.kl import KL_ESTIMATORS
+from grpo_cli.algorithms.kl import KL_ESTIMATORS, KL_PLACEMENTS
+from grpo_cli.config import AlgorithmConfig
 from grpo_cli.types import BatchNorm, LossInputs, LossOutput
 
 # Log-ratio clamps before exp (verl): token ratios to ±20, sequence log-ratio to ≤ 10.
@@ -69,7 +70,7 @@ class PolicyTerms:
     ratio: torch.Tensor
 
 
-def clipped_surrogate(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+def clipped_surrogate(log_ratio: torch.Tensor, inp: LossInputs, cfg: AlgorithmConfig) -> PolicyTerms:
     """-min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), bounded by -c·A for A < 0 under dual clip."""
     ratio = torch.exp(log_ratio)
     adv = inp.advantages
@@ -88,14 +89,14 @@ def clipped_surrogate(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTe
     )
 
 
-def policy_gradient(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+def policy_gradient(log_ratio: torch.Tensor, inp: LossInputs, cfg: AlgorithmConfig) -> PolicyTerms:
     """-ρA with no clip: REINFORCE with importance weight (gradient A ρ ∇ℓ)."""
     ratio = torch.exp(log_ratio)
     never = torch.zeros_like(ratio, dtype=torch.bool)
     return PolicyTerms(-ratio * inp.advantages, never, never, ratio.detach())
 
 
-def cispo(log_ratio: torch.Tensor, inp: LossInputs, cfg) -> PolicyTerms:
+def cispo(log_ratio: torch.Tensor, inp: LossInputs, cfg: AlgorithmConfig) -> PolicyTerms:
     """CISPO (MiniMax-M1, arXiv 2506.13585): -sg(clip(ρ, 1-ε_low, 1+ε_high)) A ℓ.
     The weight is detached and bounded, so every token keeps its gradient; ε_low = 1 removes
     the lower bound as MiniMax does. The clip flags mark where the weight was capped."""
@@ -121,25 +122,31 @@ POLICY_LOSSES = {
 # the weight corrects for the samples having come from the sampler (ALGORITHMS.md §7.4).
 # Masked tokens still count in the token-mean normaliser (TRL).
 
-def no_correction(inp: LossInputs, cfg) -> torch.Tensor:
+def no_correction(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     return torch.ones_like(inp.loss_mask)
 
 
+# The level of the weight: per token, or per sequence as the product of its token weights (a
+# sum of logs); log w [b, C] -> log w [b, C].
+CORRECTION_LEVELS = {
+    "token": lambda log_w: log_w,
+    "sequence": lambda log_w: log_w.sum(-1, keepdim=True).expand_as(log_w),
+}
+
+
 def _mismatch_weight(inp: LossInputs, level: str) -> torch.Tensor:
-    """w = π_old / π_sampler per token, or per sequence as the product (a sum of logs)."""
-    log_w = (inp.old_logprobs - inp.sampler_logprobs).detach() * inp.loss_mask
-    if level == "sequence":
-        log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
+    """w = π_old / π_sampler at the configured level."""
+    log_w = CORRECTION_LEVELS[level]((inp.old_logprobs - inp.sampler_logprobs).detach() * inp.loss_mask)
     return torch.exp(log_w.clamp(-TOKEN_LOG_RATIO_CLAMP, TOKEN_LOG_RATIO_CLAMP))
 
 
-def truncated_importance_sampling(inp: LossInputs, cfg) -> torch.Tensor:
+def truncated_importance_sampling(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """TIS: min(w, C), optionally max(., C_min) (oat `tis_c`, verl `rollout_is_threshold`)."""
     weight = _mismatch_weight(inp, cfg.correction_level)
     return weight.clamp(min=cfg.correction_min, max=cfg.correction_max)
 
 
-def masked_importance_sampling(inp: LossInputs, cfg) -> torch.Tensor:
+def masked_importance_sampling(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """MIS: w where C_min <= w <= C_max, else 0 (TRL `sequence_mask`)."""
     weight = _mismatch_weight(inp, cfg.correction_level)
     low = cfg.correction_min if cfg.correction_min is not None else 0.0
@@ -180,7 +187,7 @@ AGGREGATIONS = {
 
 # ---- composition -------------------------------------------------------------------------
 
-def compute_loss(inp: LossInputs, cfg, norm: BatchNorm) -> LossOutput:
+def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: BatchNorm) -> LossOutput:
     """The micro-batch's share of the mini-batch loss for the configured variant."""
     aggregate = AGGREGATIONS[cfg.aggregation]
     mask = inp.loss_mask
@@ -202,7 +209,7 @@ def compute_loss(inp: LossInputs, cfg, norm: BatchNorm) -> LossOutput:
     if inp.ref_logprobs is not None:
         kl = KL_ESTIMATORS[cfg.kl_estimator](inp.logprobs, inp.ref_logprobs)
         kl_value = aggregate(kl, mask, norm)
-        if cfg.kl_in == "loss":
+        if KL_PLACEMENTS[cfg.kl_in].in_loss:
             loss = loss + cfg.kl_coef * kl_value
         stats["kl"] = kl_value.detach()
     stats["loss/total"] = loss.detach()

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import torch
 
-from grpo_cli.algorithms.advantages import AdvantageInputs, group_stats
+from grpo_cli.algorithms.stats import group_stats
+from grpo_cli.config import AlgorithmConfig
+from grpo_cli.types import AdvantageInputs
 
 
-def process_advantages(inp: AdvantageInputs, cfg) -> torch.Tensor:
+def process_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """[N, C] float32 from step_ends / step_rewards [N, S] (-1 / NaN padding)."""
     if inp.step_ends is None or inp.step_rewards is None:
         raise ValueError("the process advantage needs step rewards: set reward.process (e.g. reward=arithmetic_process)")
     ends, rewards = inp.step_ends, inp.step_rewards.to(torch.float64)
-    valid = (ends >= 0) & ~torch.isnan(rewards) & ~torch.isnan(inp.rewards)[:, None]
+    valid = (ends >= 0) & ~torch.isnan(rewards) & inp.valid[:, None]
     groups = inp.group_ids[:, None].expand_as(ends)
     pooled = torch.where(valid, rewards, torch.nan)
     stats = group_stats(pooled.flatten(), groups.flatten(), cfg.std_ddof)

@@ -18,6 +18,7 @@ import re
 
 import torch
 
+from grpo_cli.config import ProcessRewardConfig
 from grpo_cli.rewards.builtin import extract_final_answer, parse_number, same_number
 from grpo_cli.tasks.arithmetic import parse_question
 
@@ -150,7 +151,7 @@ PROCESS_REWARDS = {
 class ProcessScorer:
     """Segments completions and applies the configured process reward: [N, S] tensors."""
 
-    def __init__(self, process_cfg, tokenizer):
+    def __init__(self, process_cfg: ProcessRewardConfig, tokenizer):
         if tokenizer is None:
             raise ValueError("reward.process needs the policy's tokenizer: steps are found on the sampled token ids")
         self.name, self.separator = process_cfg.name, process_cfg.separator

@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from grpo_cli.config import RewardConfig
 from grpo_cli.rewards.catalog import IN_PROCESS, build
 from grpo_cli.rewards.process import ProcessScorer
 from grpo_cli.rewards.workers import CallReport, LocalRewards, RewardWorkers
@@ -41,7 +42,7 @@ class RewardSet:
     """The configured reward functions, started once, applied to every batch. Close it (or use
     it as a context manager) to stop the worker processes."""
 
-    def __init__(self, reward_cfg, tokenizer=None):
+    def __init__(self, reward_cfg: RewardConfig, tokenizer=None):
         self.specs = list(reward_cfg.functions)
         self.names = display_names([spec.name for spec in self.specs])
         self.correct_above = reward_cfg.correct_above

@@ -21,17 +21,6 @@ class SamplingParams:
     max_new_tokens: int
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists -> ([B, P] ids, [B, P] mask), padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def prompt_seeds(base: int, slots) -> list[int]:
     """One seed per prompt slot, unrelated to its neighbours' (base + slot would make the
     next step's prompt 0 share a stream with this step's prompt 16, and vLLM seeds a prompt's

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from grpo_cli.sampler.base import SamplingParams, left_pad
-from grpo_cli.types import PromptBatch, Rollouts
+from grpo_cli.sampler.base import SamplingParams
+from grpo_cli.types import PromptBatch, Rollouts, left_pad
 
 
 def filter_logits(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from packaging.version import Version
 
-from grpo_cli.config import UserError
-from grpo_cli.sampler.base import SamplingParams, left_pad
-from grpo_cli.types import PromptBatch, Rollouts
+from grpo_cli.config import SamplerConfig
+from grpo_cli.errors import UserError
+from grpo_cli.sampler.base import SamplingParams
+from grpo_cli.types import PromptBatch, Rollouts, left_pad
 
 SUPPORTED = (Version("0.26"), Version("0.33"))  # [lowest, first unsupported)
 TORCHVISION_FIX = "pip uninstall -y torchvision torchaudio torchcodec"
@@ -105,7 +106,7 @@ class VLLMSampler:
         check_torchvision()
 
     def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 trust_remote_code: bool = False, sampler_cfg=None, max_model_len: int = 0, **_):
+                 trust_remote_code: bool = False, sampler_cfg: SamplerConfig | None = None, max_model_len: int = 0, **_):
         self.check_available(device)
         self.build = BUILDS[device.type]
         self.llm = start_engine(model_path, dtype, batch_size, trust_remote_code, sampler_cfg, self.build, max_model_len)
@@ -198,7 +199,7 @@ def random_state_kept():
         np.random.set_state(numpy_state)
 
 
-def start_engine(model_path: str, dtype: torch.dtype, batch_size: int, trust_remote_code: bool, sampler_cfg,
+def start_engine(model_path: str, dtype: torch.dtype, batch_size: int, trust_remote_code: bool, sampler_cfg: SamplerConfig,
                  build: Build, max_model_len: int):
     """vLLM's LLM in this process, quiet unless the user asks (VLLM_LOGGING_LEVEL)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine starts: keep its core here

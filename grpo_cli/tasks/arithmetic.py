@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import random
 
-from grpo_cli.rewards.builtin import extract_final_answer, parse_number, same_number
-
 MIN_TERMS, MAX_TERMS = 2, 5
 MIN_TERM, MAX_TERM = 1, 9
 TEST_BUCKETS = 10
@@ -126,11 +124,6 @@ def _slip(value: int, rng: random.Random) -> int:
     """A plausible wrong partial sum near `value` (never below 1, so no minus signs)."""
     deltas = [d for d in _ERROR_DELTAS if value + d >= 1]
     return value + rng.choice(deltas)
-
-
-def is_correct(text: str, answer: str) -> bool:
-    """Whether a completion's final answer equals `answer`, exactly as the reward scores it."""
-    return same_number(extract_final_answer(text), parse_number(answer))
 
 
 def _check_split(split: str) -> None:

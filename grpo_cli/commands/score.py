@@ -13,9 +13,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from grpo_cli.config import UserError
+from grpo_cli.config import DataConfig, GrpoConfig
 from grpo_cli.data import lookup, read_jsonl, with_reference
+from grpo_cli.errors import UserError
+from grpo_cli.metrics import console, results_table
+from grpo_cli.rewards.scoring import RewardSet, reward_columns
+from grpo_cli.runtime import load_tokenizer
 
 CHUNK = 512  # rows per scoring pass: bounds memory, keeps the progress line moving
 
@@ -35,7 +40,7 @@ class FunctionSummary:
                 "slowest calls (s)": ", ".join(f"{s:.2f}" for s in slowest), "first error": self.first_error or ""}
 
 
-def read_completions(path: str, data_cfg) -> list[dict]:
+def read_completions(path: str, data_cfg: DataConfig) -> list[dict]:
     """Rows with a prompt and a completion; the reference under `answer` where the row has one."""
     if not os.path.isfile(path):
         raise UserError(f"completions file {path} does not exist; pass completions=FILE.jsonl")
@@ -53,10 +58,8 @@ def read_completions(path: str, data_cfg) -> list[dict]:
     return out
 
 
-def score_file(cfg, tokenizer) -> tuple[list[dict], dict[str, FunctionSummary]]:
+def score_file(cfg: GrpoConfig, tokenizer) -> tuple[list[dict], dict[str, FunctionSummary]]:
     """Score every row; returns the rows with their rewards and a summary per function."""
-    from grpo_cli.rewards.scoring import RewardSet, reward_columns
-
     rows = read_completions(cfg.score.completions, cfg.data)
     summaries: dict[str, FunctionSummary] = {}
     with RewardSet(cfg.reward, tokenizer) as rewards:
@@ -89,3 +92,21 @@ def write_rows(path: str, rows: list[dict]) -> None:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(partial, path)
+
+
+def run(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> int:
+    """`grpo score completions=FILE.jsonl [output=OUT.jsonl]`."""
+    if not cfg.score.completions:
+        raise UserError("grpo score needs completions=FILE.jsonl (rows with prompt, completion and the answer column)")
+    output = cfg.score.output or str(Path(cfg.score.completions).with_suffix("")) + ".scored.jsonl"
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)  # token counts for length rewards
+    rows, summaries = score_file(cfg, tokenizer)
+    write_rows(output, rows)
+    table = {name: summary.row() for name, summary in summaries.items()}
+    totals = [row["reward"] for row in rows if row["reward"] is not None]
+    table["reward (weighted)"] = {"mean": sum(totals) / len(totals) if totals else float("nan"),
+                                  "none": 1 - len(totals) / len(rows), "errors": "", "slowest calls (s)": "",
+                                  "first error": ""}
+    console.print(results_table(f"rewards on {len(rows)} completions from {cfg.score.completions}", table))
+    console.print(f"wrote {output}")
+    return 0

@@ -1,0 +1,181 @@
+"""The run: one driver for every kind of training.
+
+It owns what every objective shares: the resume point, the run folder, metrics.jsonl and the
+progress bar, evaluation and checkpoint cadence, SIGINT / SIGTERM, the non-finite guard and the
+summary. An objective hands it a job (rl.Run, offline.PreferenceRun) that knows how to take
+one step, evaluate, and keep its own state in a checkpoint; nothing else differs.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from grpo_cli import checkpoint, distributed, offline, rl
+from grpo_cli.config import GrpoConfig
+from grpo_cli.distributed import Ranks
+from grpo_cli.errors import RunStopped
+from grpo_cli.learner import Learner
+from grpo_cli.metrics import MetricsFile, ProgressBar, console
+from grpo_cli.runtime import check_run_dir, preflight, prepare_run_dir
+from grpo_cli.schedule import is_due
+from grpo_cli.shutdown import StopRequest
+
+
+class Evaluation(Protocol):
+    def to_dict(self) -> dict: ...
+
+    def record(self) -> dict[str, float]: ...
+
+
+class Job(Protocol):
+    """What one kind of training hands the driver."""
+
+    cfg: GrpoConfig
+    tokenizer: object
+    learner: Learner
+    ranks: Ranks
+    evaluates_base: bool  # the held-out figures of the base model mean something (written as step 0)
+
+    def step(self, step: int) -> dict[str, float]:
+        """Train on step `step` (0-based); the step's metrics, with loss/total and update/nonfinite."""
+
+    def evaluate(self, step: int) -> Evaluation | None:
+        """Held-out figures after `step` steps; None without held-out data."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps beside the learner's state."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore it from a checkpoint's state (which also holds `step`); refuse one that does not fit."""
+
+    def close(self) -> None:
+        """Stop what runs beside the learner (reward workers, the sampler's engine)."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """preflight: what fails in a second, before a folder is made or a model loads.
+    build: (cfg, policy path, ranks) -> the job.
+    kl_term: algorithm.kl_coef adds a KL term (with a reference model) to the objective.
+    held_out: what its held-out data holds for `grpo eval`: prompts or pairs."""
+
+    preflight: Callable[[GrpoConfig], None]
+    build: Callable[[GrpoConfig, str, Ranks], Job]
+    kl_term: bool
+    held_out: str
+
+
+# algorithm.objective
+OBJECTIVES = {
+    "rl": Objective(preflight=preflight, build=rl.build, kl_term=True, held_out="prompts"),
+    # The reference enters through the margin h, with its strength in algorithm.preference.beta.
+    "preference": Objective(preflight=offline.preflight, build=offline.build, kl_term=False, held_out="pairs"),
+}
+
+
+def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
+    """Resume or start, evaluate the base, step, checkpoint, evaluate; the run's summary."""
+    objective = OBJECTIVES[cfg.algorithm.objective]
+    objective.preflight(cfg)
+    resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
+    check_run_dir(cfg, config_yaml)
+    ranks = distributed.init_ranks(cfg.device)
+    console.quiet = not ranks.main  # one rank speaks; the others would repeat it
+    try:
+        job = objective.build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
+        try:
+            # Written only once the model, data and rewards have loaded: a run that fails to
+            # start leaves no folder behind to be refused next time.
+            run_dir = prepare_run_dir(cfg, config_yaml, overrides) if ranks.main else Path(cfg.output_dir)
+            ranks.barrier()
+            return run_steps(job, run_dir, resume_from)
+        finally:
+            job.close()
+    finally:
+        distributed.close(ranks)
+
+
+def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:
+    """Evaluate the base (or restore), then step, evaluate and checkpoint to the end."""
+    cfg = job.cfg
+    start, base = restore(job, resume_from) if resume_from else (0, None)
+    metrics = MetricsFile(run_dir / "metrics.jsonl" if job.ranks.main else None, keep_through=start if resume_from else -1)
+    if resume_from is None and job.evaluates_base:
+        evaluation = job.evaluate(0)
+        base = as_dict(evaluation)
+        metrics.write({"step": 0, **as_record(evaluation)})
+    elif resume_from is not None:
+        console.print(f"resuming from {resume_from}: step {start} of {cfg.trainer.steps}")
+    final, saved, nonfinite = base, resume_from, 0
+    with metrics, ProgressBar(total=cfg.trainer.steps, start=start) as bar, StopRequest() as stop:
+        for step in range(start + 1, cfg.trainer.steps + 1):
+            record = {"step": step, **job.step(step - 1)}
+            record["loss"] = record["loss/total"]
+            if is_due(cfg.trainer.eval_every, step) or step == cfg.trainer.steps:
+                evaluation = job.evaluate(step)
+                final = as_dict(evaluation)
+                record.update(as_record(evaluation))
+            metrics.write(record)
+            bar.update(step, record)
+            if is_due(cfg.trainer.save_every, step) or step == cfg.trainer.steps:
+                saved = save_checkpoint(job, step, base)
+            nonfinite = nonfinite + 1 if record.get("update/nonfinite", 0.0) > 0 else 0
+            check_nonfinite(cfg, step, nonfinite, record, saved)
+            received = stop.received
+            if job.ranks.any(received is not None):  # every rank stops at the same step
+                stop_now(job, step, base, saved, received or signal.SIGTERM)
+    return {"run_dir": str(run_dir), "checkpoint": None if saved is None else str(saved), "base": base,
+            "final": final, "steps": cfg.trainer.steps}
+
+
+def as_dict(evaluation: Evaluation | None) -> dict | None:
+    return None if evaluation is None else evaluation.to_dict()
+
+
+def as_record(evaluation: Evaluation | None) -> dict[str, float]:
+    return {} if evaluation is None else evaluation.record()
+
+
+def save_checkpoint(job: Job, step: int, base: dict | None) -> Path:
+    """Every rank takes part in gathering the sharded state; rank 0 writes it."""
+    state = {"learner": job.learner.state_dict(), **job.state_dict(), "base_eval": base}
+    policy = job.learner.export()
+    path = checkpoint.checkpoint_root(job.cfg.output_dir) / f"step_{step}"
+    if job.ranks.main:
+        path = checkpoint.save(job.cfg.output_dir, step, policy, job.tokenizer, state, keep_last=job.cfg.trainer.keep_last)
+    job.ranks.barrier()
+    return path
+
+
+def restore(job: Job, resume_from: Path) -> tuple[int, dict | None]:
+    """The job's state, then the optimizer, scheduler and RNG (the weights were loaded from the
+    checkpoint); the step it was taken after and the base model's held-out figures."""
+    state = checkpoint.load_state(resume_from)
+    job.load_state_dict(state)  # first: it refuses a checkpoint that does not fit the data
+    job.learner.load_state_dict(state["learner"])
+    checkpoint.restore_rng(state["rng"])
+    return state["step"], state.get("base_eval") or None
+
+
+def check_nonfinite(cfg: GrpoConfig, step: int, in_a_row: int, record: dict, saved) -> None:
+    """Say that a step's update was skipped; stop after trainer.max_nonfinite_steps in a row."""
+    if in_a_row == 0:
+        return
+    console.print(f"[yellow]warning:[/] step {step}: non-finite loss or gradient (grad_norm={record.get('grad_norm')}); "
+                  f"update skipped. Likely: learning rate too high, float16 overflow, or an infinite reward")
+    if in_a_row >= cfg.trainer.max_nonfinite_steps:
+        raise RunStopped(f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or gradient "
+                         f"(trainer.max_nonfinite_steps={cfg.trainer.max_nonfinite_steps}); lower trainer.lr or use "
+                         f"model.dtype=bfloat16, then resume from {saved or 'the start'}", exit_code=3)
+
+
+def stop_now(job: Job, step: int, base: dict | None, saved, received: signal.Signals) -> None:
+    """After a SIGINT / SIGTERM: make sure this step is saved, say how to resume, stop."""
+    if saved is None or Path(saved).name != f"step_{step}":
+        saved = save_checkpoint(job, step, base)
+    raise RunStopped(f"{received.name}: stopped after step {step}; checkpoint: {saved}\n"
+                     f"resume with: grpo train output_dir={job.cfg.output_dir} resume=auto (and the same overrides)",
+                     exit_code=128 + int(received))

@@ -1,0 +1,234 @@
+"""Online RL training: the step and the run it needs (RL objective).
+
+One step (DeepSeekMath's GRPO, arXiv 2402.03300, Algorithm 1, with the reward model fixed):
+sample K completions per prompt, score them, filter groups, compute advantages, update the
+policy (μ epochs over mini-batches), push the new weights into the sampler, log. The variant
+only changes which function each stage dictionary hands back, never the shape of the step.
+Under torchrun each rank samples and scores its share of the prompts and the rest of the step
+runs on the gathered global batch (distributed.py). driver.py runs the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, AdvantageInputs
+from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
+from grpo_cli.algorithms.kl import reward_penalty
+from grpo_cli.algorithms.stats import group_stats
+from grpo_cli.config import AlgorithmConfig, GrpoConfig
+from grpo_cli.data import PromptSet
+from grpo_cli.distributed import Ranks, local_device
+from grpo_cli.errors import UserError
+from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
+from grpo_cli.learner import Learner
+from grpo_cli.metrics import console
+from grpo_cli.rewards.scoring import RewardSet
+from grpo_cli.runtime import (
+    DTYPES,
+    load_and_report,
+    load_eval_prompts,
+    load_tokenizer,
+    make_sampler,
+    pick_device,
+    sampling_params,
+)
+from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
+from grpo_cli.schedule import derived_seed, is_due, step_indices
+from grpo_cli.types import Rollouts, Scores, Sequences, TrainBatch
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once by `build`; the driver's job for the RL objective."""
+
+    cfg: GrpoConfig
+    tokenizer: object
+    train_prompts: PromptSet
+    eval_prompts: PromptSet | None
+    rewards: RewardSet
+    learner: Learner
+    sampler: Sampler
+    train_params: SamplingParams
+    eval_params: SamplingParams
+    difficulty: DifficultyTracker
+    ranks: Ranks
+    evaluates_base: ClassVar[bool] = True
+
+    def step(self, step: int) -> dict[str, float]:
+        return train_step(self, step)
+
+    def evaluate(self, step: int) -> EvalResult | None:
+        """Accuracy and pass@k on the held-out prompts; every rank scores its share."""
+        if self.eval_prompts is None:
+            return None
+        if step == 0:
+            console.print(f"evaluating the base model: {len(self.eval_prompts)} held-out prompts x {self.cfg.eval.k} samples")
+        self.sampler.wake()
+        mine = sample_and_score(self.sampler, self.eval_prompts, self.rewards, self.eval_params,
+                                seed=derived_seed(self.cfg.seed, 0, 2), rows=self.ranks.share(len(self.eval_prompts)))
+        return EvalSamples.merge(self.ranks.gather(mine)).summary(self.eval_params.n)
+
+    def state_dict(self) -> dict:
+        return {"difficulty": self.difficulty.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.difficulty.load_state_dict(state["difficulty"])
+        self.sampler.version = state["step"]  # it loaded the checkpoint's weights: the policy after that step
+
+    def close(self) -> None:
+        self.rewards.close()  # stop the reward worker processes, also on an error
+        self.sampler.close()  # before the process group goes: a vLLM engine under torchrun uses it
+
+
+def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
+    """Tokenizer, prompts, rewards, learner and sampler for a training run (this rank's, under torchrun)."""
+    ranks = ranks or Ranks()
+    if cfg.trainer.prompts_per_step < ranks.world:
+        raise UserError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} gives some of the {ranks.world} "
+                        f"ranks no prompt; raise it to at least {ranks.world} or start fewer processes")
+    device = local_device(pick_device(cfg.device), ranks)
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
+    train_prompts = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
+    eval_prompts = load_eval_prompts(cfg, tokenizer)
+    rewards = RewardSet(cfg.reward, tokenizer)
+    sampler = make_sampler(cfg, policy_path, tokenizer, device)
+    optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+    learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path, ranks=ranks,
+                      needs_reference=cfg.algorithm.kl_coef > 0)
+    train_params, eval_params = sampling_params(cfg)
+    return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
+               rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
+               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo.adaptive_window), ranks=ranks)
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """One generation round (more for dynamic sampling) and its updates; returns the metrics."""
+    cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
+    rollouts, scores, selection, sampling = collect(run, step, clock)
+    logged = {**rollout_metrics(rollouts, scores, selection, algorithm), **sampling, **selection.metrics}
+    run.difficulty.record(scores.total, rollouts.group_ids)
+    if not selection.kept.any():
+        return {**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)}
+    rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
+    run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
+    sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
+    logprobs = run.learner.logprobs(sequences)
+    clock.lap("logprobs")
+    kl_penalty = reward_penalty(logprobs, sequences.loss_mask, algorithm)
+    advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs.from_scores(
+        scores, selected, rollouts.group_ids, sequences.loss_mask, kl_penalty), algorithm)
+    update = run.learner.update(TrainBatch.assemble(sequences, advantages, logprobs), seed=derived_seed(cfg.seed, step, 1))
+    if is_due(algorithm.ref_reset_every, step + 1):
+        run.learner.reset_reference(algorithm.ref_mix_alpha)
+    clock.lap("update")
+    run.sampler.load_weights(run.learner.weights(), version=step + 1)
+    clock.lap("push")
+    return {**logged, **update, **clock.metrics(rollouts)}
+
+
+def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
+    """Generate for one slice of prompts, score and filter. Round 0 walks the data in seeded
+    epochs; refill rounds draw fresh prompts from their own seeded stream."""
+    cfg = run.cfg
+    count, seed = cfg.trainer.prompts_per_step, derived_seed(cfg.seed, step, 0) + (round_ << 40)
+    if round_ == 0:
+        rows = step_indices(len(run.train_prompts), count, step, cfg.seed)
+    else:
+        rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    mine = run.ranks.share(len(rows))
+    batch = run.train_prompts.take([rows[i] for i in mine])
+    run.sampler.wake()
+    rollouts = run.sampler.generate(batch, run.train_params, seeds=prompt_seeds(seed, mine))
+    clock.lap("generate")
+    scores = run.rewards.score(batch, rollouts)
+    if run.ranks.active:
+        shares = run.ranks.gather((rollouts, scores))
+        rollouts, scores = Rollouts.cat([r for r, _ in shares]), Scores.cat([s for _, s in shares])
+    clock.lap("reward")
+    context = FilterContext(torch.Generator().manual_seed(derived_seed(cfg.seed, step, 3) + (round_ << 40)), run.difficulty)
+    return rollouts, scores, GROUP_FILTERS[cfg.algorithm.group_filter](rollouts, scores, cfg.algorithm, context)
+
+
+def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
+    """Sample rounds until prompts_per_step groups keep a completion or max_sampling_rounds is
+    reached (DAPO's dynamic sampling, ALGORITHMS.md §3.2); kept groups beyond the target are
+    discarded, not carried over, and a short batch trains with a warning. Every round samples
+    from the same policy, so nothing in the buffer is stale."""
+    algorithm, target = run.cfg.algorithm, run.cfg.trainer.prompts_per_step
+    parts: list[tuple[Rollouts, Scores, Selection]] = []
+    kept_groups = 0
+    while len(parts) < algorithm.max_sampling_rounds and (not parts or kept_groups < target):
+        parts.append(sample_round(run, step, len(parts), clock))
+        rollouts, _, selection = parts[-1]
+        kept_groups += int(torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selection.kept.float()).gt(0).sum())
+    rollouts = Rollouts.cat([p[0] for p in parts])
+    scores = Scores.cat([p[1] for p in parts])
+    selection = Selection.cat([p[2] for p in parts])
+    selection.metrics = {k: sum(p[2].metrics[k] for p in parts) / len(parts) for k in parts[0][2].metrics}
+    group_kept = torch.zeros(rollouts.num_groups).index_add(0, rollouts.group_ids, selection.kept.float()) > 0
+    used = group_kept & (group_kept.cumsum(0) <= target)
+    selection.kept &= used[rollouts.group_ids]
+    first_round_groups = parts[0][0].num_groups
+    sampling = {
+        "sampling/rounds": float(len(parts)),
+        "sampling/dropped_groups": float((~group_kept).sum()),
+        "sampling/refilled_groups": float(used[first_round_groups:].sum()),
+        "sampling/kept_group_fraction": float(group_kept.float().mean()),
+        "sampling/partial_batch": float(used.sum() < target),
+    }
+    if algorithm.max_sampling_rounds > 1 and used.sum() < target:
+        console.print(f"[yellow]warning:[/] step {step + 1}: {int(used.sum())} of {target} groups had a spread of "
+                      f"correctness after {len(parts)} rounds (algorithm.max_sampling_rounds); training on those")
+    return rollouts, scores, selection, sampling
+
+
+def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, algorithm: AlgorithmConfig) -> dict[str, float]:
+    """Health of everything generated this step (all rounds, before removing dropped groups)."""
+    lengths = rollouts.completion_lengths.float()
+    selected = selection.selected & selection.kept
+    stats = group_stats(scores.total, rollouts.group_ids, algorithm.std_ddof)
+    out = {
+        "reward/mean": float(scores.total.nanmean()),
+        "reward/std": float(scores.total[~scores.total.isnan()].std()) if scores.total.numel() > 1 else 0.0,
+        "accuracy/train": float(scores.correct.float().mean()),
+        "completion/mean_length": float(lengths.mean()),
+        "completion/min_length": float(lengths.min()),
+        "completion/max_length": float(lengths.max()),
+        "completion/truncated_fraction": float(rollouts.truncated.float().mean()),
+        "groups/no_spread_fraction": float(stats.no_spread.float().mean()),
+        "groups/selected_fraction": float(selected.float().mean()),
+        "completion/selected_mean_length": float(lengths[selected].mean()) if selected.any() else 0.0,
+        "sampler/policy_version": float(rollouts.policy_version),  # the push these were sampled after
+    }
+    for name, values in scores.components.items():
+        out[f"reward/{name}"] = float(values.nanmean())
+    for name, failed in scores.failed.items():
+        out[f"reward/{name}/failed"] = float(failed.sum())  # raised or timed out: reward None
+    return out
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """Time since the previous lap, added to `name` (rounds of sampling add up)."""
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def metrics(self, rollouts: Rollouts) -> dict[str, float]:
+        tokens = float(rollouts.completion_lengths.sum())
+        total = self.last - self.start
+        out = {f"time/{name}": seconds for name, seconds in self.laps.items()}
+        out["time/step"] = total
+        out["perf/tokens_per_second"] = tokens / max(total, 1e-9)
+        out["perf/generation_tokens_per_second"] = tokens / max(self.laps.get("generate", 0.0), 1e-9)
+        return out

@@ -1,0 +1,210 @@
+"""Cross-field rules that the config's types cannot express, checked before anything loads.
+
+Hydra's composition already refused unknown keys and wrong types (config.py). Here every
+name is looked up in the registry that owns its valid values (the stage dictionaries, the
+samplers, the rewards, the schedules...), so a new option is one entry in one dictionary.
+Every failure is a ConfigError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from grpo_cli import algorithms as alg
+from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfig
+from grpo_cli.driver import OBJECTIVES
+from grpo_cli.errors import ConfigError
+from grpo_cli.learner import SCHEDULES
+from grpo_cli.rewards.catalog import (
+    IN_PROCESS,
+    REWARDS,
+    build,
+    is_user_path,
+    load_user_function,
+)
+from grpo_cli.rewards.process import PROCESS_REWARDS
+from grpo_cli.runtime import DEVICES, DTYPES
+from grpo_cli.sampler import SAMPLERS
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _require_name(value: str, registry: dict, key: str) -> None:
+    _require(value in registry, f"{key}={value!r} is not known; valid: {', '.join(sorted(registry))}")
+
+
+def _validate_algorithm(a: AlgorithmConfig) -> None:
+    _require_name(a.objective, OBJECTIVES, "algorithm.objective")
+    _require_name(a.preference.pair_loss, alg.PAIR_LOSSES, "algorithm.preference.pair_loss")
+    _require_name(a.preference.group_weighting, alg.WEIGHTINGS, "algorithm.preference.group_weighting")
+    _require(a.preference.beta > 0, f"algorithm.preference.beta={a.preference.beta} must be > 0")
+    _require(a.preference.eta_alpha >= 0, f"algorithm.preference.eta_alpha={a.preference.eta_alpha} must be >= 0")
+    _require_name(a.group_filter, alg.GROUP_FILTERS, "algorithm.group_filter")
+    _require_name(a.advantage, alg.ADVANTAGES, "algorithm.advantage")
+    _require_name(a.ratio, alg.RATIOS, "algorithm.ratio")
+    _require_name(a.policy_loss, alg.POLICY_LOSSES, "algorithm.policy_loss")
+    _require_name(a.correction, alg.CORRECTIONS, "algorithm.correction")
+    _require_name(a.aggregation, alg.AGGREGATIONS, "algorithm.aggregation")
+    _require_name(a.kl_estimator, alg.KL_ESTIMATORS, "algorithm.kl_estimator")
+    _require_name(a.correction_level, alg.CORRECTION_LEVELS, "algorithm.correction_level")
+    _require(a.correction_max > 0, f"algorithm.correction_max={a.correction_max} must be > 0")
+    _require(a.correction_min is None or 0 <= a.correction_min < a.correction_max,
+             f"algorithm.correction_min={a.correction_min} must lie in [0, correction_max)")
+    _require_name(a.kl_in, alg.KL_PLACEMENTS, "algorithm.kl_in")
+    _require(a.std_ddof in (0, 1), f"algorithm.std_ddof={a.std_ddof}: use 0 (population) or 1 (sample)")
+    _require(a.adv_eps >= 0, f"algorithm.adv_eps={a.adv_eps} must be >= 0")
+    if a.policy_loss == "cispo":  # a bounded weight, not a trust region: ε_low = 1 means no lower bound
+        _require(0 < a.clip_eps_low <= 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1] for cispo")
+    else:
+        _require(0 < a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must lie in (0, 1)")
+    _require(a.clip_eps_high > 0, f"algorithm.clip_eps_high={a.clip_eps_high} must be > 0")
+    _require(a.dual_clip_c is None or a.dual_clip_c > 1, f"algorithm.dual_clip_c={a.dual_clip_c} must be > 1")
+    _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef} must be >= 0")
+    _require(OBJECTIVES[a.objective].kl_term or a.kl_coef == 0,
+             f"algorithm.kl_coef={a.kl_coef}: the {a.objective} objective has no KL term (its reference enters "
+             f"through the margin, weighted by algorithm.preference.beta); set algorithm.kl_coef=0")
+    _require(a.epochs >= 1, f"algorithm.epochs={a.epochs} must be >= 1")
+    _require(a.ref_reset_every >= 0, f"algorithm.ref_reset_every={a.ref_reset_every} must be >= 0")
+    _require(a.ref_reset_every == 0 or a.kl_coef > 0,
+             "algorithm.ref_reset_every needs algorithm.kl_coef > 0: without a KL term there is no reference model")
+    _require(0 < a.ref_mix_alpha <= 1, f"algorithm.ref_mix_alpha={a.ref_mix_alpha} must lie in (0, 1]")
+    _require(a.mini_batches >= 1, f"algorithm.mini_batches={a.mini_batches} must be >= 1")
+    _require(a.length_norm is None or a.length_norm > 0, f"algorithm.length_norm={a.length_norm} must be > 0")
+
+
+def _validate_sampling(cfg: GrpoConfig) -> None:
+    s = cfg.sampler
+    _require_name(s.name, SAMPLERS, "sampler.name")
+    _require(s.n >= 2, f"sampler.n={s.n}: a group needs at least 2 completions per prompt (GRPO's std is undefined for 1)")
+    _require(s.temperature > 0, f"sampler.temperature={s.temperature} must be > 0")
+    _require(0 < s.top_p <= 1, f"sampler.top_p={s.top_p} must lie in (0, 1]")
+    _require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be >= 0 (0 = off)")
+    _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens={s.max_new_tokens} must be >= 1")
+    _require(s.batch_size >= 1, f"sampler.batch_size={s.batch_size} must be >= 1")
+    _require(s.dtype is None or s.dtype in DTYPES, f"sampler.dtype={s.dtype!r}: use {', '.join(DTYPES)} (or null: model.dtype)")
+    _require(s.kv_cache_gib is None or s.kv_cache_gib > 0, f"sampler.kv_cache_gib={s.kv_cache_gib} must be > 0 (or null)")
+    _require(s.max_model_len is None or s.max_model_len >= 2, f"sampler.max_model_len={s.max_model_len} must be >= 2 (or null)")
+    _require(0 < s.gpu_memory_utilization <= 1, f"sampler.gpu_memory_utilization={s.gpu_memory_utilization} must lie in (0, 1]")
+    _require(not s.stop or s.name == "vllm", f"sampler.stop={list(s.stop)}: stop strings need sampler=vllm; the hf "
+             f"sampler stops at EOS only (drop sampler.stop)")
+    _require(cfg.eval.k >= 1, f"eval.k={cfg.eval.k} must be >= 1")
+    _require(cfg.eval.temperature > 0, f"eval.temperature={cfg.eval.temperature} must be > 0")
+
+
+def _validate_filter(cfg: GrpoConfig) -> None:
+    a, n = cfg.algorithm, cfg.sampler.n
+    _require(a.max_sampling_rounds >= 1, f"algorithm.max_sampling_rounds={a.max_sampling_rounds} must be >= 1")
+    if not a.group_filter.startswith("gfpo"):
+        return
+    _require_name(a.gfpo.metric, alg.GFPO_METRICS, "algorithm.gfpo.metric")
+    _require_name(a.gfpo.rejected, alg.GFPO_REJECTED, "algorithm.gfpo.rejected")
+    if a.group_filter == "gfpo":
+        _require(1 <= a.gfpo.k <= n, f"algorithm.gfpo.k={a.gfpo.k} must lie in [1, sampler.n={n}]: GFPO keeps k of the G sampled")
+        return
+    ks = list(a.gfpo.adaptive_k)
+    _require(len(ks) == 4 and all(1 <= k <= n for k in ks),
+             f"algorithm.gfpo.adaptive_k={ks}: give 4 values (very hard, hard, medium, easy) in [1, sampler.n={n}]")
+    _require(a.gfpo.adaptive_window >= 1, f"algorithm.gfpo.adaptive_window={a.gfpo.adaptive_window} must be >= 1")
+    _require(a.gfpo.adaptive_warmup >= 0, f"algorithm.gfpo.adaptive_warmup={a.gfpo.adaptive_warmup} must be >= 0")
+
+
+def _validate_trainer(cfg: GrpoConfig) -> None:
+    t = cfg.trainer
+    _require(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
+    _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
+    _require(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
+    _require(t.micro_batch_tokens >= 0, f"trainer.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0: by count)")
+    _require(t.lr > 0, f"trainer.lr={t.lr} must be > 0")
+    _require(t.warmup_steps >= 0, f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
+    _require_name(t.schedule, SCHEDULES, "trainer.schedule")
+    _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
+    _require(t.logprob_chunk >= 0, f"trainer.logprob_chunk={t.logprob_chunk} must be >= 0 (0: no chunking)")
+    _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
+    for key in ("save_every", "eval_every", "keep_last"):
+        _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
+    batch = t.prompts_per_step * cfg.sampler.n
+    minis = cfg.algorithm.mini_batches
+    _require(batch % minis == 0, f"algorithm.mini_batches={minis} must divide trainer.prompts_per_step x sampler.n = {batch}")
+
+
+def _validate_data(data: DataConfig) -> None:
+    if data.answer_pattern is not None:
+        try:
+            groups = re.compile(data.answer_pattern).groups
+        except re.error as error:
+            raise ConfigError(f"data.answer_pattern={data.answer_pattern!r} is not a regular expression: {error}") from error
+        _require(groups <= 1, f"data.answer_pattern={data.answer_pattern!r} has {groups} groups; "
+                              f"give one group around the answer")
+    _require(data.max_prompt_tokens > 0, f"data.max_prompt_tokens={data.max_prompt_tokens} must be > 0")
+
+
+def _validate_process(cfg: GrpoConfig) -> None:
+    process = cfg.reward.process
+    if cfg.algorithm.advantage == "process":
+        _require(process is not None, "algorithm.advantage=process needs step rewards: set reward.process "
+                 "(e.g. reward=arithmetic_process, or reward.process={name:hf_prm,kwargs:{model:PATH}})")
+        # The step-reward estimator has no place for a per-token KL reward; it would be dropped silently.
+        _require(alg.KL_PLACEMENTS[cfg.algorithm.kl_in].in_loss or cfg.algorithm.kl_coef == 0,
+                 "algorithm.advantage=process takes the KL in the loss: set algorithm.kl_in=loss (or kl_coef=0)")
+    if process is not None:
+        _require_name(process.name, PROCESS_REWARDS, "reward.process.name")
+        _require(process.separator != "", "reward.process.separator is empty: give the text that ends a step")
+        try:  # bind only: building hf_prm would load a model before the run starts
+            inspect.signature(PROCESS_REWARDS[process.name]).bind(**dict(process.kwargs))
+        except TypeError as error:
+            raise ConfigError(f"reward.process.kwargs for {process.name}: {error}") from error
+
+
+def validate_rewards(reward: RewardConfig) -> None:
+    """Every function is built here (a user file is imported), so a bad name, path or argument
+    fails before any model loads; functions holding a model are only checked for arguments."""
+    _require(len(reward.functions) > 0, "reward.functions is empty: pick a reward group, e.g. reward=arithmetic")
+    _require(reward.workers >= 0, f"reward.workers={reward.workers} must be >= 0 (0: no worker processes)")
+    _require(reward.timeout > 0, f"reward.timeout={reward.timeout} must be > 0 seconds")
+    _require(reward.rows_per_call >= 1, f"reward.rows_per_call={reward.rows_per_call} must be >= 1")
+    for i, fn in enumerate(reward.functions):
+        _require(is_user_path(fn.name) or fn.name in REWARDS,
+                 f"reward.functions[{i}].name={fn.name!r} is not a reward: use one of {', '.join(sorted(REWARDS))}, "
+                 f"or module:function / file.py:function")
+        if is_user_path(fn.name):
+            try:
+                load_user_function(fn.name)
+            except ValueError as error:
+                raise ConfigError(f"reward.functions[{i}].name={fn.name!r}: {error}") from error
+        try:
+            if fn.name in IN_PROCESS:
+                inspect.signature(REWARDS[fn.name]).bind(**dict(fn.kwargs))
+            else:
+                build(fn.name, dict(fn.kwargs))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"reward.functions[{i}].kwargs for {fn.name}: {error}") from error
+        except Exception as error:  # a user's module can fail on import in any way
+            raise ConfigError(f"reward.functions[{i}] ({fn.name}) failed to load: {type(error).__name__}: {error}") from error
+
+
+def _validate_lora(cfg: GrpoConfig) -> None:
+    lora = cfg.model.lora
+    _require(lora.rank >= 0, f"model.lora.rank={lora.rank} must be >= 0 (0 trains every weight)")
+    _require(lora.rank == 0 or lora.alpha > 0, f"model.lora.alpha={lora.alpha} must be > 0")
+    _require(lora.rank == 0 or cfg.algorithm.ref_reset_every == 0,
+             "algorithm.ref_reset_every needs full fine-tuning: with model.lora.rank > 0 the reference is "
+             "the base model with the adapters off; set model.lora.rank=0 or algorithm.ref_reset_every=0")
+
+
+def validate(cfg: GrpoConfig) -> GrpoConfig:
+    """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
+    _validate_algorithm(cfg.algorithm)
+    _validate_sampling(cfg)
+    _validate_filter(cfg)
+    _validate_trainer(cfg)
+    _require_name(cfg.model.dtype, DTYPES, "model.dtype")
+    _require_name(cfg.device, DEVICES, "device")
+    _validate_lora(cfg)
+    _validate_data(cfg.data)
+    _validate_process(cfg)
+    validate_rewards(cfg.reward)
+    return cfg
