@@ -40,16 +40,18 @@ PREFERENCE = Path(__file__).resolve().parents[1] / "scripts" / "compare_preferen
 @pytest.mark.slow
 def test_compare_preference_writes_results_table_and_picture(tmp_path):
     out = tmp_path / "pref"
-    run = subprocess.run([sys.executable, str(PREFERENCE), "--out", str(out), "--seeds", "0,1",
+    # One seed (each run is a fresh process that caches the reference sums of 2000 pairs); the
+    # mean rows are still written, over that seed.
+    run = subprocess.run([sys.executable, str(PREFERENCE), "--out", str(out), "--seeds", "1",
                           "trainer.steps=3", "trainer.eval_every=3"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     results = json.loads((out / "results.json").read_text())
-    assert [(r["method"], r["seed"]) for r in results] == [("dpo", 0), ("gr_dpo", 0), ("dpo", 1), ("gr_dpo", 1)]
+    assert [(r["method"], r["seed"]) for r in results] == [("dpo", 1), ("gr_dpo", 1)]
     for r in results:
         assert sorted(r["groups"]) == ["long", "medium", "short"] and r["steps"] == 3
         assert r["worst_group_accuracy"] == min(r["groups"].values())
         assert r["mean_group_accuracy"] == pytest.approx(sum(r["groups"].values()) / 3)
     table = (out / "results.md").read_text().splitlines()
-    assert len(table) == 8 and table[-2].startswith("| **dpo** | mean |") and table[-1].startswith("| **gr_dpo** | mean |")
+    assert len(table) == 6 and table[-2].startswith("| **dpo** | mean |") and table[-1].startswith("| **gr_dpo** | mean |")
     png = (out / "preference.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
