@@ -74,6 +74,17 @@ def find_resume_point(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint folder was saved after: its step_<N> name, else its trainer state."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else int(load_state(Path(path))["step"])
+
+
+def run_folder_of(path: Path) -> Path:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/step_<N>)."""
+    return Path(path).resolve().parent.parent
+
+
 def load_state(path: Path) -> dict:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
 

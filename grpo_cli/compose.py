@@ -148,6 +148,8 @@ def to_object(cfg: DictConfig) -> GrpoConfig:
     obj.model.name_or_path = resolve_path(obj.model.name_or_path)
     obj.data.path = resolve_path(obj.data.path)
     obj.data.eval_path = resolve_path(obj.data.eval_path)
+    if not obj.output_dir.strip():  # abspath("") would be the current folder
+        raise ConfigError("output_dir is empty; give the run a folder, e.g. output_dir=runs/mine")
     obj.output_dir = os.path.abspath(os.path.expanduser(obj.output_dir))
     obj.eval.checkpoint = resolve_path(obj.eval.checkpoint)
     if obj.eval.output is not None:

@@ -88,6 +88,17 @@ def is_messages(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "content" in m for m in value)
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_roles(messages: list[dict], where: str) -> None:
+    """Chat messages a chat template can render: each with a known role."""
+    for i, message in enumerate(messages):
+        if message.get("role") not in ROLES:
+            raise UserError(f"{where}: message {i} has role {message.get('role')!r}; give each message a role "
+                            f"among {', '.join(ROLES)}")
+
+
 def with_reference(row: dict, data_cfg: DataConfig, where: str) -> dict:
     """The row plus its reference under `answer` (the original, if replaced, as `answer_raw`)."""
     value = lookup(row, data_cfg.answer_key)
@@ -160,11 +171,17 @@ def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: 
     checked = []
     for line, row in enumerate(rows, start=1):
         where = f"{path}: row {line}"
-        if not is_messages(lookup(row, data_cfg.prompt_key)):
+        if is_messages(lookup(row, data_cfg.prompt_key)):
+            check_roles(lookup(row, data_cfg.prompt_key), where)
+        else:
             missing = sorted(key for key in fields if row.get(key) is None)
             if missing:
                 raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(row)}); "
                                 f"fix data.template / data.prompt_key or the file")
+            not_text = sorted(key for key in fields if isinstance(row.get(key), (list, dict)))
+            if not_text:
+                raise UserError(f"{where}: column {not_text[0]!r} holds a {type(row[not_text[0]]).__name__}, not text; "
+                                f"give text, or chat messages [{{role, content}}, ...] under data.prompt_key")
         checked.append(with_reference(row, data_cfg, where))
     renderer = PromptRenderer(data_cfg, tokenizer)
     kept, seen = PromptSet([], [], [], 0), set()

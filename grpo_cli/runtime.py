@@ -16,6 +16,7 @@ import yaml
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from grpo_cli import checkpoint
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PromptSet, load_prompts
 from grpo_cli.errors import UserError
@@ -110,12 +111,31 @@ def make_sampler(cfg: GrpoConfig, weights_path: str, tokenizer, device: torch.de
 
 
 def load_and_report(path: str, split: str, cfg: GrpoConfig, tokenizer, limit: int = 0) -> PromptSet:
-    """load_prompts, saying on the console how many prompts were dropped and why."""
+    """load_prompts, saying on the console how many prompts were dropped and why, and refusing
+    prompts that leave the generation no room within the model's positions."""
     prompts = load_prompts(path, split, cfg.data, tokenizer, limit=limit)
     if prompts.dropped_too_long or prompts.dropped_duplicates:
         console.print(f"{path}: {len(prompts)} prompts; dropped {prompts.dropped_too_long} over "
                       f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} and {prompts.dropped_duplicates} duplicates")
+    check_room(cfg, path, prompts)
     return prompts
+
+
+def check_room(cfg: GrpoConfig, path: str, prompts: PromptSet) -> None:
+    """Every prompt plus the generation budget fits the model's positions; otherwise every
+    completion of the long ones would be cut short and score nothing."""
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError):  # the model's own load says what is wrong with it
+        return
+    positions = getattr(config, "max_position_embeddings", None)
+    budget = max(cfg.sampler.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    over = sum(len(ids) + budget > positions for ids in prompts.prompt_ids) if positions else 0
+    if over:
+        fix = (f"set data.max_prompt_tokens={positions - budget} (longer prompts are dropped) or lower "
+               f"sampler.max_new_tokens" if positions > budget else "lower sampler.max_new_tokens / eval.max_new_tokens")
+        raise UserError(f"{path}: {over} of {len(prompts)} prompts plus the {budget}-token generation budget exceed "
+                        f"the model's {positions} positions; {fix}")
 
 
 def load_eval_prompts(cfg: GrpoConfig, tokenizer) -> PromptSet | None:
@@ -129,20 +149,77 @@ def preflight(cfg: GrpoConfig) -> None:
     engine(cfg.sampler.name).check_available(pick_device(cfg.device))
 
 
-def check_run_dir(cfg: GrpoConfig, config_yaml: str) -> Path:
+# What a resumed run may change: how long it runs, how it reports and how it uses the
+# machine; never what it trains (the algorithm, model, data, rewards, sampling, optimizer).
+RESUMABLE = ("trainer.steps", "trainer.save_every", "trainer.eval_every", "trainer.keep_last",
+             "trainer.max_nonfinite_steps", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
+             "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "reward.workers",
+             "eval.", "score.", "device", "resume", "overwrite")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_keys(saved_yaml: str, config_yaml: str) -> list[str]:
+    """Keys whose value differs between two composed configs, other than RESUMABLE ones."""
+    saved, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(config_yaml) or {})
+    return [f"{key} ({saved.get(key)} -> {new.get(key)})" for key in sorted(saved.keys() | new.keys())
+            if saved.get(key) != new.get(key) and not key.startswith(RESUMABLE)]
+
+
+def require_writable_folder(path: Path, key: str) -> None:
+    """`path` is a folder, or can be made one: found before any model loads."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file, not a folder; give a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={path}: cannot write in {existing}; give a folder you can write to")
+
+
+def require_writable_file(path: Path, key: str) -> None:
+    """`path` can be written as a file (not a folder), checked before the work that fills it."""
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder; give a file name, e.g. {path / 'out.json'}")
+    require_writable_folder(path.parent, f"the folder of {key}")
+
+
+def check_run_dir(cfg: GrpoConfig, config_yaml: str, resume_from: Path | None = None) -> Path:
+    """The run folder may take this run: not inside another run's folder, not holding another
+    run (unless overwrite), and, on resume, holding the run being resumed."""
     run_dir = Path(cfg.output_dir)
+    require_writable_folder(run_dir, "output_dir")
+    outer = next((parent for parent in run_dir.resolve().parents
+                  if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir()), None)
+    if outer is not None:
+        raise UserError(f"output_dir={run_dir} lies inside the run folder {outer}, whose checkpoint pruning "
+                        f"could delete it; pick an output_dir outside it")
     saved = run_dir / "config.yaml"
     if saved.exists() and cfg.resume is None and not cfg.overwrite and saved.read_text() != config_yaml:
         raise UserError(f"{run_dir} holds another run's config; pass resume=auto to continue it, "
                         f"overwrite=true to reuse the folder, or a new output_dir")
+    started = (checkpoint.run_folder_of(resume_from) / "config.yaml") if resume_from else None
+    if started is not None and started.is_file():
+        changed = changed_keys(started.read_text(), config_yaml)
+        if changed:
+            raise UserError(f"resume would change what the run trains: {', '.join(changed)}; resume with the "
+                            f"run's own settings, or start a new run in a new output_dir")
     return run_dir
 
 
 def prepare_run_dir(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> Path:
-    """Create the run folder; refuse one that holds a different run unless resuming or overwriting."""
-    run_dir = check_run_dir(cfg, config_yaml)
+    """Create the run folder and write its config.yaml and overrides.yaml, once: a resumed run
+    keeps the ones it started with (grpo eval reads them for every checkpoint)."""
+    run_dir = Path(cfg.output_dir)
     saved = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume is not None and saved.is_file():
+        return run_dir
     saved.write_text(config_yaml)
     (run_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     return run_dir

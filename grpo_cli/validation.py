@@ -22,6 +22,7 @@ from grpo_cli.rewards.catalog import (
     build,
     is_user_path,
     load_user_function,
+    probe_user_module,
 )
 from grpo_cli.rewards.process import PROCESS_REWARDS
 from grpo_cli.runtime import DEVICES, DTYPES
@@ -91,8 +92,13 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
     _require(0 < s.gpu_memory_utilization <= 1, f"sampler.gpu_memory_utilization={s.gpu_memory_utilization} must lie in (0, 1]")
     _require(not s.stop or s.name == "vllm", f"sampler.stop={list(s.stop)}: stop strings need sampler=vllm; the hf "
              f"sampler stops at EOS only (drop sampler.stop)")
-    _require(cfg.eval.k >= 1, f"eval.k={cfg.eval.k} must be >= 1")
-    _require(cfg.eval.temperature > 0, f"eval.temperature={cfg.eval.temperature} must be > 0")
+    e = cfg.eval
+    _require(e.k >= 1, f"eval.k={e.k} must be >= 1")
+    _require(e.temperature > 0, f"eval.temperature={e.temperature} must be > 0")
+    _require(0 < e.top_p <= 1, f"eval.top_p={e.top_p} must lie in (0, 1]")
+    _require(e.max_new_tokens is None or e.max_new_tokens >= 1,
+             f"eval.max_new_tokens={e.max_new_tokens} must be >= 1 (or null: sampler.max_new_tokens)")
+    _require(e.num_prompts >= 0, f"eval.num_prompts={e.num_prompts} must be >= 0 (0: every held-out prompt)")
 
 
 def _validate_filter(cfg: GrpoConfig) -> None:
@@ -172,6 +178,7 @@ def validate_rewards(reward: RewardConfig) -> None:
                  f"or module:function / file.py:function")
         if is_user_path(fn.name):
             try:
+                probe_user_module(fn.name)
                 load_user_function(fn.name)
             except ValueError as error:
                 raise ConfigError(f"reward.functions[{i}].name={fn.name!r}: {error}") from error
@@ -195,8 +202,14 @@ def _validate_lora(cfg: GrpoConfig) -> None:
              "the base model with the adapters off; set model.lora.rank=0 or algorithm.ref_reset_every=0")
 
 
+def _validate_run(cfg: GrpoConfig) -> None:
+    # Seeds are combined with steps and streams into 64-bit generator seeds (schedule.derived_seed).
+    _require(0 <= cfg.seed < 2**31, f"seed={cfg.seed} must lie in [0, 2^31)")
+
+
 def validate(cfg: GrpoConfig) -> GrpoConfig:
     """Cross-field rules that types cannot express; raises ConfigError naming the keys."""
+    _validate_run(cfg)
     _validate_algorithm(cfg.algorithm)
     _validate_sampling(cfg)
     _validate_filter(cfg)

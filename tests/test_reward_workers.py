@@ -101,3 +101,43 @@ def test_bad_reward_names_fail_at_config_time(name, fragment):
     with pytest.raises(ConfigError, match=None) as error:
         validate_rewards(RewardConfig(functions=[RewardFunctionConfig(name, 1.0, {})]))
     assert fragment in str(error.value)
+
+
+EXITING = '''
+import sys
+
+
+def quits(prompts, completions, **_):
+    sys.exit(3)
+
+
+async def quits_async(prompts, completions, **_):
+    sys.exit(6)
+'''
+
+
+@pytest.mark.parametrize("function, code", [("quits", 3), ("quits_async", 6)])
+@pytest.mark.parametrize("workers", [2, 0])
+def test_a_reward_that_calls_sys_exit_fails_its_rows_and_not_the_trainer(tmp_path, function, code, workers):
+    path = tmp_path / "exiting.py"
+    path.write_text(EXITING)
+    cfg = RewardConfig(functions=[RewardFunctionConfig(f"{path}:{function}", 1.0, {})], workers=workers, timeout=5)
+    with RewardSet(cfg) as rewards:
+        scores = rewards.score_texts(["p", "p"], ["a", "b"], {})
+        report = rewards.reports[function]
+    assert all(math.isnan(v) for v in scores.total.tolist())
+    assert report.errors == 2 and f"called sys.exit({code})" in report.first_error
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("import sys\nsys.exit(4)\n", "called sys.exit(4) when imported"),
+    ("import os\nos._exit(5)\n", "ended its process with exit status 5"),
+])
+def test_a_reward_module_that_exits_on_import_is_a_config_error(tmp_path, body, fragment):
+    from grpo_cli.validation import validate_rewards
+
+    path = tmp_path / "exits_on_import.py"
+    path.write_text(body + "\ndef reward(prompts, completions, **_):\n    return [1.0] * len(completions)\n")
+    with pytest.raises(ConfigError) as error:
+        validate_rewards(RewardConfig(functions=[RewardFunctionConfig(f"{path}:reward", 1.0, {})]))
+    assert fragment in str(error.value) and "\n" not in str(error.value)

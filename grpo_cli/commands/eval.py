@@ -32,6 +32,7 @@ from grpo_cli.runtime import (
     make_sampler,
     pick_device,
     preflight,
+    require_writable_file,
     sampling_params,
 )
 from grpo_cli.schedule import derived_seed
@@ -101,6 +102,8 @@ EVALUATIONS = {"prompts": evaluate_prompts, "pairs": evaluate_pairs}
 
 def run(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> int:
     """`grpo eval [checkpoint=PATH] [output=FILE.json]`."""
+    if cfg.eval.output:  # before sampling: a bad path must not cost the results
+        require_writable_file(Path(cfg.eval.output), "output")
     weights = weights_to_evaluate(cfg)
     held_out = "pairs" if cfg.data.group_key is not None else OBJECTIVES[cfg.algorithm.objective].held_out
     figures = EVALUATIONS[held_out](cfg, weights)

@@ -20,7 +20,7 @@ from grpo_cli.data import lookup, read_jsonl, with_reference
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console, results_table
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
-from grpo_cli.runtime import load_tokenizer
+from grpo_cli.runtime import load_tokenizer, require_writable_file
 
 CHUNK = 512  # rows per scoring pass: bounds memory, keeps the progress line moving
 
@@ -99,6 +99,7 @@ def run(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> int:
     if not cfg.score.completions:
         raise UserError("grpo score needs completions=FILE.jsonl (rows with prompt, completion and the answer column)")
     output = cfg.score.output or str(Path(cfg.score.completions).with_suffix("")) + ".scored.jsonl"
+    require_writable_file(Path(output), "output")
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)  # token counts for length rewards
     rows, summaries = score_file(cfg, tokenizer)
     write_rows(output, rows)

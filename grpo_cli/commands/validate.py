@@ -21,8 +21,8 @@ def dry_run(cfg: GrpoConfig, config_yaml: str) -> list[str]:
     point, the model, both data splits and the rewards (started, and called once on two
     prompts with an empty completion)."""
     OBJECTIVES[cfg.algorithm.objective].preflight(cfg)
-    check_run_dir(cfg, config_yaml)
     resume_from = find_resume_point(cfg.output_dir, cfg.resume)
+    check_run_dir(cfg, config_yaml, resume_from)
     model_path = str(resume_from) if resume_from else cfg.model.name_or_path
     lines = [f"model {model_path}: {check_model(model_path, cfg.model.trust_remote_code)}"]
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)

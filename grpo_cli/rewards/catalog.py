@@ -13,6 +13,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
 from typing import Callable
 
@@ -42,6 +43,10 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
 IN_PROCESS = {"reward_model"}
 
 
+# Seconds a user's reward module may take to import (in the probe's child process).
+IMPORT_TIMEOUT = 120
+
+
 def is_user_path(name: str) -> bool:
     return ":" in name
 
@@ -58,16 +63,37 @@ def load_user_function(name: str) -> Callable:
         spec = importlib.util.spec_from_file_location(module_name, target)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SystemExit as exit_:  # the user's module ended itself: its failure, not ours
+            raise ValueError(f"reward file {target} called sys.exit({exit_.code}) when imported") from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as error:
             raise ValueError(f"cannot import {target!r} for reward {name}: {error}") from error
+        except SystemExit as exit_:
+            raise ValueError(f"reward module {target} called sys.exit({exit_.code}) when imported") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"{target} has no function {attribute!r}")
     return function
+
+
+def probe_user_module(name: str) -> None:
+    """Import a user's reward module in a child process first, so that one that ends its process
+    (os._exit, a crash) or hangs while importing fails there, as a ValueError naming it, and not
+    the trainer. Ordinary import errors are left to the in-process import, which words them."""
+    target = name.rpartition(":")[0]
+    code = ("import sys\nfrom grpo_cli.rewards.catalog import load_user_function\n"
+            "try:\n    load_user_function(sys.argv[1])\nexcept Exception:\n    pass\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
+                              timeout=IMPORT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"importing {target} did not finish within {IMPORT_TIMEOUT} s") from None
+    if done.returncode != 0:
+        raise ValueError(f"importing {target} ended its process with exit status {done.returncode}")
 
 
 def build(name: str, kwargs: dict) -> Callable:

@@ -73,14 +73,29 @@ def checked(values, rows: int) -> list[float | None]:
     return out
 
 
+def exited(exit_: SystemExit) -> RuntimeError:
+    """The user's function called sys.exit(): that call's failure, not the trainer's exit."""
+    return RuntimeError(f"the reward function called sys.exit({exit_.code})")
+
+
 def call_rows(function: Callable, prompts: list, completions: list, columns: dict, timeout: float | None):
     """Call on these rows; returns (values, errors per row). Async: one row per coroutine."""
     if not inspect.iscoroutinefunction(function):
-        return checked(function(prompts, completions, **columns), len(completions)), [None] * len(completions)
+        try:
+            values = function(prompts, completions, **columns)
+        except SystemExit as exit_:
+            raise exited(exit_) from None
+        return checked(values, len(completions)), [None] * len(completions)
+
+    async def guarded(row: int):
+        single = {key: [value[row]] for key, value in columns.items()}
+        try:  # inside the task wait_for makes: asyncio would let a SystemExit end the loop
+            return await function([prompts[row]], [completions[row]], **single)
+        except SystemExit as exit_:
+            raise exited(exit_) from None
 
     async def one(row: int):
-        single = {key: [value[row]] for key, value in columns.items()}
-        return checked(await asyncio.wait_for(function([prompts[row]], [completions[row]], **single), timeout), 1)[0]
+        return checked(await asyncio.wait_for(guarded(row), timeout), 1)[0]
 
     async def every():
         return await asyncio.gather(*(one(row) for row in range(len(completions))), return_exceptions=True)
