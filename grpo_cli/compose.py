@@ -33,10 +33,8 @@ RENAMED = {
 
 
 def _renamed(message: str) -> str | None:
-    for key in re.findall(r"[\w.]+", message):
-        if key.lstrip("+~") in RENAMED:
-            return f"config key {key.lstrip('+~')} is now {RENAMED[key.lstrip('+~')]}"
-    return None
+    key = next((word for word in re.findall(r"[\w.]+", message) if word in RENAMED), None)
+    return None if key is None else f"config key {key} is now {RENAMED[key]}"
 
 
 def _first_existing(*candidates: Path) -> Path:
@@ -87,8 +85,9 @@ def _one_line(error: BaseException) -> str:
 
 def _explain(message: str, overrides: list[str]) -> str:
     """Turn Hydra's wording into the fix a user needs."""
-    if _renamed(message):
-        return _renamed(message)
+    renamed = _renamed(message)
+    if renamed:
+        return renamed
     if re.fullmatch(r"Could not override '[^']+'\.", message):
         return message.replace("Could not override", "unknown config key") + " see `grpo train --cfg job`"
     if "no viable alternative" in message or "mismatched input" in message:

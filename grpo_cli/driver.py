@@ -82,10 +82,11 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
     objective.preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
     check_run_dir(cfg, config_yaml, resume_from)
-    if resume_from is not None and checkpoint.step_of(resume_from) >= cfg.trainer.steps:
+    done = checkpoint.step_of(resume_from) if resume_from is not None else None
+    if done is not None and done >= cfg.trainer.steps:
         # Before anything is loaded or written: the run's files stay exactly as they are.
-        raise RunStopped(f"nothing to do: {resume_from} is step {checkpoint.step_of(resume_from)} of "
-                         f"trainer.steps={cfg.trainer.steps}; raise trainer.steps to train further", exit_code=0)
+        raise RunStopped(f"nothing to do: {resume_from} is step {done} of trainer.steps={cfg.trainer.steps}; "
+                         f"raise trainer.steps to train further", exit_code=0)
     ranks = distributed.init_ranks(cfg.device)
     console.quiet = not ranks.main  # one rank speaks; the others would repeat it
     try:
