@@ -3,7 +3,9 @@
 `checkpoints/step_<N>/` holds what `from_pretrained` loads and `trainer_state.pt` (optimizer,
 scheduler, RNG states, step; the data position is the step itself, see data.step_indices).
 A checkpoint is written into a hidden temporary folder and renamed into place, so a folder
-named step_<N> is always complete; old ones are pruned only after the new one exists.
+named step_<N> is always complete; old ones are pruned only after the new one exists. A disk
+can still cut a file short later: `verify` reads every header before anything loads, and
+names the newest intact checkpoint before a damaged one.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from grpo_cli.errors import UserError
+from grpo_cli.errors import UserError, one_line
 
 STATE_FILE = "trainer_state.pt"
+TOKENIZER_FILE = "tokenizer_config.json"
+ADAPTER_DIR = "adapter"  # lora.py saves the adapters there
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -96,6 +101,74 @@ def rng_state() -> dict:
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+
+
+def saved_by(objective: str, algorithm: str, lora: bool) -> dict:
+    """What a checkpoint records about the run that saved it; a resume must match it."""
+    return {"objective": objective, "algorithm": algorithm, "lora": lora}
+
+
+def verify(path: Path, key: str, resuming_as: dict | None = None) -> None:
+    """Raise UserError unless `path` is whole: its tokenizer files, every safetensors header
+    (which must cover its file) and, on resume, its trainer state, saved by a run of the same
+    objective with LoRA on or off as in `resuming_as` (saved_by's dict). `key` is the setting
+    that named it (resume, checkpoint), for the hint."""
+    path = Path(path)
+    if not (path / TOKENIZER_FILE).is_file():
+        raise UserError(f"checkpoint {path} has no tokenizer files ({TOKENIZER_FILE} missing); copy them from the "
+                        f"base model's folder into it, or give {key} a complete step_<N> folder")
+    problem = damage(path, with_state=resuming_as is not None)
+    if problem:
+        earlier = intact_before(path)
+        hint = (f"the newest intact one before it is {earlier}: {key}={earlier}" if earlier
+                else "no earlier checkpoint of its run is intact")
+        raise UserError(f"checkpoint {path} is damaged ({problem}); {hint}")
+    if resuming_as is not None:
+        _check_saved_by(path, resuming_as)
+
+
+def damage(path: Path, with_state: bool) -> str | None:
+    """What is wrong with a checkpoint's files, or None."""
+    files = sorted(path.glob("*.safetensors")) + sorted((path / ADAPTER_DIR).glob("*.safetensors"))
+    if not files:
+        return "no *.safetensors weights"
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except Exception as error:  # safetensors reports a cut or garbled file with several types
+            return f"{file.relative_to(path)}: {one_line(error)}"
+    if with_state:
+        try:  # mmap: the optimizer's tensors are not read, only the archive and its index
+            torch.load(path / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as error:  # a cut archive or pickle fails with several types
+            return f"{STATE_FILE} cannot be read: {one_line(error)}"
+    return None
+
+
+def intact_before(path: Path) -> Path | None:
+    """The newest checkpoint of the same run, older than `path`, whose files are whole."""
+    match = _STEP_DIR.match(Path(path).name)
+    if match is None:
+        return None
+    older = [p for step, p in list_checkpoints(run_folder_of(path)) if step < int(match.group(1))]
+    return next((p for p in reversed(older) if damage(p, with_state=True) is None), None)
+
+
+def _check_saved_by(path: Path, resuming_as: dict) -> None:
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+    saved = state.get("saved_by") or {}
+    start_new = f"drop resume and start a new run with model.name_or_path={path}"
+    if saved.get("objective", resuming_as["objective"]) != resuming_as["objective"]:
+        raise UserError(f"checkpoint {path} was saved by a {saved['algorithm']} run (algorithm.objective="
+                        f"{saved['objective']}); this run is {resuming_as['algorithm']} ({resuming_as['objective']}), "
+                        f"and a resume continues the same objective. To train from those weights, {start_new}")
+    has_adapters = (path / ADAPTER_DIR).is_dir()
+    if has_adapters != resuming_as["lora"]:
+        held = "LoRA adapters" if has_adapters else "full weights (no LoRA adapters)"
+        wanted = "sets model.lora.rank > 0" if resuming_as["lora"] else "sets model.lora.rank=0"
+        raise UserError(f"checkpoint {path} holds {held} but this run {wanted}; resume with the run's own "
+                        f"model.lora settings, or {start_new}")
 
 
 def is_checkpoint(path: str | Path) -> bool:

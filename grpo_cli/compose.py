@@ -14,6 +14,7 @@ import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -23,6 +24,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from grpo_cli.config import PACKAGE_DIR, GrpoConfig, resolve_path
 from grpo_cli.errors import ConfigError
+
+# Keys whose values are file system paths, taken literally whatever letters they hold.
+PATH_KEYS = ("output_dir", "resume", "model.name_or_path", "data.path", "data.eval_path", "eval.checkpoint",
+             "eval.output", "score.completions", "score.output")
 
 # Keys that moved into a block: the old spelling is told the new one.
 RENAMED = {
@@ -63,11 +68,37 @@ def available_recipes() -> dict[str, Path]:
     return found
 
 
-def _register() -> None:
+def _register() -> dict[str, str]:
+    """Store the schema and every recipe that parses; the others' errors by recipe name, said
+    only when that recipe is asked for (one broken file must not break every command)."""
     store = ConfigStore.instance()
     store.store(name="grpo_schema", node=GrpoConfig)
+    broken = {}
     for name, file in available_recipes().items():
-        store.store(group="recipe", name=name, node=OmegaConf.load(file), package="_global_")
+        try:
+            node = OmegaConf.load(file)
+        except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
+            broken[name] = f"recipe {name} ({file}) is not valid YAML: {' '.join(str(error).split())}; fix the file"
+            continue
+        if not isinstance(node, DictConfig):
+            broken[name] = f"recipe {name} ({file}) holds a {type(node).__name__}, not a mapping of config keys; fix the file"
+            continue
+        store.store(group="recipe", name=name, node=node, package="_global_")
+    return broken
+
+
+def _quote_paths(overrides: list[str]) -> list[str]:
+    """Paths given plainly (`output_dir=/runs/café 1`) are quoted for Hydra, whose unquoted
+    values allow ASCII letters only; a value the user quoted, or null, is left alone."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.lstrip("+~") in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"":
+            # Hydra reads a backslash as an escape only before a quote or at the end of the value.
+            escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
+            item = f"{key}='{escaped}'"
+        out.append(item)
+    return out
 
 
 def _one_line(error: BaseException) -> str:
@@ -107,12 +138,15 @@ def _group_options(group: str) -> list[str]:
 
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/config.yaml with the command-line overrides; raise ConfigError on misuse."""
-    _register()
+    broken = _register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="grpo"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=_quote_paths(overrides))
     except Exception as error:  # Hydra raises several unrelated exception types here
+        missing = re.search(r"Could not find 'recipe/([^']+)'", str(error))
+        if missing and missing.group(1) in broken:
+            raise ConfigError(broken[missing.group(1)]) from error
         raise ConfigError(_explain(_one_line(error), overrides)) from error
     _reject_unknown_keys(cfg, "")
     return cfg

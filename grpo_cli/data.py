@@ -25,17 +25,23 @@ import datasets
 import torch
 
 from grpo_cli.config import DataConfig
-from grpo_cli.errors import UserError
+from grpo_cli.errors import UserError, one_line
 from grpo_cli.types import PromptBatch
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """JSON lines read directly, so a malformed line is reported by its number."""
+    """JSON lines read directly, so a malformed line is reported by its number. UTF-8, with or
+    without a byte-order mark."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(f"{path}: line {number} is not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                                f"{error.start + 1}); convert the file, e.g. iconv -f latin1 -t utf-8") from error
             if not line.strip():
                 continue
             try:
@@ -60,12 +66,12 @@ def load_rows(path: str, split: str, subset: str | None = None) -> list[dict]:
         try:
             rows = datasets.load_dataset(FILE_BUILDERS[extension], data_files={"rows": path}, split="rows").to_list()
         except Exception as error:  # datasets wraps parser errors in several types
-            raise UserError(f"cannot read data file {path}: {str(error).splitlines()[0]}") from error
+            raise UserError(f"cannot read data file {path}: {one_line(error)}") from error
     else:
         try:
             rows = datasets.load_dataset(path, subset, split=split).to_list()
         except Exception as error:  # hub, network and builder errors
-            raise UserError(f"cannot load data set {path!r} split {split!r}: {str(error).splitlines()[0]} "
+            raise UserError(f"cannot load data set {path!r} split {split!r}: {one_line(error)} "
                             f"(a local file needs one of {', '.join(FILE_BUILDERS)})") from error
     if not rows:
         raise UserError(f"data {path} has no rows; point data.path (or data.eval_path) at a file with prompts")
@@ -74,6 +80,18 @@ def load_rows(path: str, split: str, subset: str | None = None) -> list[dict]:
 
 def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def template_problem(template: str) -> str | None:
+    """What str.format would fail on in any row: unbalanced braces, `{}`, an unknown `!x`."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        return str(error)
+    if any(name == "" for _, name, _, _ in parts):
+        return "an empty {} names no column"
+    bad = next((conversion for _, _, _, conversion in parts if conversion not in (None, "r", "s", "a")), None)
+    return None if bad is None else f"unknown conversion !{bad}"
 
 
 def lookup(row: dict, key: str):
@@ -99,12 +117,20 @@ def check_roles(messages: list[dict], where: str) -> None:
                             f"among {', '.join(ROLES)}")
 
 
+def absent(row: dict, key: str) -> str:
+    """Why row[key] (dotted) gave nothing: a null value, or no such column."""
+    parent, _, leaf = key.rpartition(".")
+    holder = lookup(row, parent) if parent else row
+    if isinstance(holder, dict) and leaf in holder:
+        return f"has {key!r}: null"
+    return f"has no column {key!r} (columns: {', '.join(row)})"
+
+
 def with_reference(row: dict, data_cfg: DataConfig, where: str) -> dict:
     """The row plus its reference under `answer` (the original, if replaced, as `answer_raw`)."""
     value = lookup(row, data_cfg.answer_key)
     if value is None:
-        raise UserError(f"{where} has no column {data_cfg.answer_key!r} (columns: {', '.join(row)}); "
-                        f"fix data.answer_key or the file")
+        raise UserError(f"{where} {absent(row, data_cfg.answer_key)}; fix data.answer_key or the file")
     if data_cfg.answer_pattern:
         found = re.findall(data_cfg.answer_pattern, str(value))
         if not found:
@@ -176,8 +202,7 @@ def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: 
         else:
             missing = sorted(key for key in fields if row.get(key) is None)
             if missing:
-                raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(row)}); "
-                                f"fix data.template / data.prompt_key or the file")
+                raise UserError(f"{where} {absent(row, missing[0])}; fix data.template / data.prompt_key or the file")
             not_text = sorted(key for key in fields if isinstance(row.get(key), (list, dict)))
             if not_text:
                 raise UserError(f"{where}: column {not_text[0]!r} holds a {type(row[not_text[0]]).__name__}, not text; "
@@ -237,7 +262,7 @@ def pair_group(row: dict, data_cfg: DataConfig, where: str) -> str:
         return "all"
     value = lookup(row, data_cfg.group_key)
     if value is None:
-        raise UserError(f"{where} has no column {data_cfg.group_key!r} (columns: {', '.join(row)}); "
+        raise UserError(f"{where} {absent(row, data_cfg.group_key)}; "
                         f"fix data.group_key or the file")
     return str(value)
 
@@ -261,7 +286,7 @@ def load_pairs(path: str, split: str, data_cfg: DataConfig, tokenizer, group_nam
         where = f"{path}: row {line}"
         missing = sorted(key for key in template_fields(data_cfg.template) if row.get(key) is None)
         if missing:
-            raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(row)}); fix data.template or the file")
+            raise UserError(f"{where} {absent(row, missing[0])}; fix data.template or the file")
         parsed.append((row, pair_group(row, data_cfg, where), response_text(row, data_cfg.chosen_key, where),
                        response_text(row, data_cfg.rejected_key, where)))
     names = group_names or sorted({group for _, group, _, _ in parsed})

@@ -8,6 +8,8 @@ one step, evaluate, and keep its own state in a checkpoint; nothing else differs
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,11 @@ from typing import Callable, Protocol
 from grpo_cli import checkpoint, distributed, offline, rl
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
-from grpo_cli.errors import RunStopped
+from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.learner import Learner
 from grpo_cli.metrics import MetricsFile, ProgressBar, console
-from grpo_cli.runtime import check_run_dir, preflight, prepare_run_dir
+from grpo_cli.runtime import preflight
+from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
 from grpo_cli.schedule import is_due
 from grpo_cli.shutdown import StopRequest
 
@@ -81,6 +84,8 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
     objective = OBJECTIVES[cfg.algorithm.objective]
     objective.preflight(cfg)
     resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
+    if resume_from is not None:
+        checkpoint.verify(resume_from, "resume", resuming_as=saved_by(cfg))
     check_run_dir(cfg, config_yaml, resume_from)
     done = checkpoint.step_of(resume_from) if resume_from is not None else None
     if done is not None and done >= cfg.trainer.steps:
@@ -90,17 +95,22 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
     ranks = distributed.init_ranks(cfg.device)
     console.quiet = not ranks.main  # one rank speaks; the others would repeat it
     try:
-        job = objective.build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
-        try:
-            # Written only once the model, data and rewards have loaded: a run that fails to
-            # start leaves no folder behind to be refused next time.
-            run_dir = prepare_run_dir(cfg, config_yaml, overrides) if ranks.main else Path(cfg.output_dir)
-            ranks.barrier()
-            return run_steps(job, run_dir, resume_from)
-        finally:
-            job.close()
+        with RunLock(Path(cfg.output_dir)) if ranks.main else contextlib.nullcontext():
+            job = objective.build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
+            try:
+                # Written only once the model, data and rewards have loaded: a run that fails
+                # to start leaves no folder behind to be refused next time.
+                run_dir = prepare_run_dir(cfg, config_yaml, overrides) if ranks.main else Path(cfg.output_dir)
+                ranks.barrier()
+                return run_steps(job, run_dir, resume_from)
+            finally:
+                job.close()
     finally:
         distributed.close(ranks)
+
+
+def saved_by(cfg: GrpoConfig) -> dict:
+    return checkpoint.saved_by(cfg.algorithm.objective, cfg.algorithm.name, cfg.model.lora.rank > 0)
 
 
 def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:
@@ -146,7 +156,7 @@ def as_record(evaluation: Evaluation | None) -> dict[str, float]:
 
 def save_checkpoint(job: Job, step: int, base: dict | None) -> Path:
     """Every rank takes part in gathering the sharded state; rank 0 writes it."""
-    state = {"learner": job.learner.state_dict(), **job.state_dict(), "base_eval": base}
+    state = {"learner": job.learner.state_dict(), **job.state_dict(), "base_eval": base, "saved_by": saved_by(job.cfg)}
     policy = job.learner.export()
     path = checkpoint.checkpoint_root(job.cfg.output_dir) / f"step_{step}"
     if job.ranks.main:
@@ -159,7 +169,11 @@ def restore(job: Job, resume_from: Path) -> tuple[int, dict | None]:
     """The job's state, then the optimizer, scheduler and RNG (the weights were loaded from the
     checkpoint); the step it was taken after and the base model's held-out figures."""
     state = checkpoint.load_state(resume_from)
-    job.load_state_dict(state)  # first: it refuses a checkpoint that does not fit the data
+    try:
+        job.load_state_dict(state)  # first: it refuses a checkpoint that does not fit the data
+    except KeyError as missing:  # saved before checkpoints named their objective (saved_by)
+        raise UserError(f"checkpoint {resume_from} has no {missing} in its {checkpoint.STATE_FILE}: it was saved by "
+                        f"another kind of run than {job.cfg.algorithm.name}; resume it with its own settings") from None
     job.learner.load_state_dict(state["learner"])
     checkpoint.restore_rng(state["rng"])
     return state["step"], state.get("base_eval") or None
@@ -181,6 +195,6 @@ def stop_now(job: Job, step: int, base: dict | None, saved, received: signal.Sig
     """After a SIGINT / SIGTERM: make sure this step is saved, say how to resume, stop."""
     if saved is None or Path(saved).name != f"step_{step}":
         saved = save_checkpoint(job, step, base)
+    resume = shlex.join(["grpo", "train", f"output_dir={job.cfg.output_dir}", "resume=auto"])
     raise RunStopped(f"{received.name}: stopped after step {step}; checkpoint: {saved}\n"
-                     f"resume with: grpo train output_dir={job.cfg.output_dir} resume=auto (and the same overrides)",
-                     exit_code=128 + int(received))
+                     f"resume with: {resume} (and the same overrides)", exit_code=128 + int(received))

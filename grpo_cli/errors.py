@@ -20,3 +20,8 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def one_line(error: BaseException) -> str:
+    """A library's message, which may span lines, as one line (every sentence of it kept)."""
+    return " ".join(str(error).split())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli import distributed, lora
+from grpo_cli import checkpoint, distributed, lora
 from grpo_cli.algorithms import KL_PLACEMENTS, compute_loss
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
@@ -73,7 +73,7 @@ class Export:
             self.weights = {k: v for k, v in self.weights.items() if k not in tied_duplicates(self.model)}
         self.model.save_pretrained(folder, safe_serialization=True, state_dict=self.weights)
         if self.adapter_model is not None:
-            self.adapter_model.save_pretrained(folder / lora.ADAPTER_DIR, state_dict=self.adapter_weights)
+            self.adapter_model.save_pretrained(folder / checkpoint.ADAPTER_DIR, state_dict=self.adapter_weights)
 
 
 def tied_duplicates(model) -> set[str]:

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from grpo_cli import config
-
-ADAPTER_DIR = "adapter"
+from grpo_cli.checkpoint import ADAPTER_DIR
 
 
 def attach(model, lora_cfg: config.LoraConfig, adapter_from: str | None = None):

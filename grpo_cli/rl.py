@@ -182,6 +182,10 @@ def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, 
         "sampling/kept_group_fraction": float(group_kept.float().mean()),
         "sampling/partial_batch": float(used.sum() < target),
     }
+    if not scores.total.isfinite().any():
+        console.print(f"[yellow]warning:[/] step {step + 1}: no reward function gave a finite value for any of the "
+                      f"{len(scores.total)} completions (NaN, inf or None everywhere), so nothing is learned from "
+                      f"this step; check reward.functions on a few rows with grpo score")
     if algorithm.max_sampling_rounds > 1 and used.sum() < target:
         console.print(f"[yellow]warning:[/] step {step + 1}: {int(used.sum())} of {target} groups had a spread of "
                       f"correctness after {len(parts)} rounds (algorithm.max_sampling_rounds); training on those")
@@ -193,9 +197,11 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
     lengths = rollouts.completion_lengths.float()
     selected = selection.selected & selection.kept
     stats = group_stats(scores.total, rollouts.group_ids, algorithm.std_ddof)
+    finite = scores.total[scores.total.isfinite()]
     out = {
         "reward/mean": float(scores.total.nanmean()),
-        "reward/std": float(scores.total[~scores.total.isnan()].std()) if scores.total.numel() > 1 else 0.0,
+        "reward/std": float(finite.std()) if finite.numel() > 1 else 0.0,
+        "reward/finite_fraction": float(scores.total.isfinite().float().mean()),
         "accuracy/train": float(scores.correct.float().mean()),
         "completion/mean_length": float(lengths.mean()),
         "completion/min_length": float(lengths.min()),

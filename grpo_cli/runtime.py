@@ -1,8 +1,8 @@
 """The pieces every command builds from a validated config: device, dtype, tokenizer, prompts,
-sampler, and the run folder.
+and sampler.
 
-Every failure a user can cause here (missing model, unreadable data, a run folder that holds
-another run) is raised as UserError with the fix in the message, before any training starts.
+Every failure a user can cause here (missing model, unreadable data) is raised as UserError
+with the fix in the message, before any training starts. The run folder's rules are in rundir.py.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from pathlib import Path
 
 import datasets
 import torch
-import yaml
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from grpo_cli import checkpoint
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PromptSet, load_prompts
-from grpo_cli.errors import UserError
+from grpo_cli.errors import UserError, one_line
 from grpo_cli.metrics import console
 from grpo_cli.sampler import Sampler, SamplingParams, engine
 
@@ -65,7 +63,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer of {path!r}: {str(error).splitlines()[0]}") from error
+        raise UserError(f"cannot load the tokenizer of {path!r}: {one_line(error)}") from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -77,7 +75,7 @@ def check_model(path: str, trust_remote_code: bool) -> str:
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the model config of {path!r}: {str(error).splitlines()[0]}; "
+        raise UserError(f"cannot load the model config of {path!r}: {one_line(error)}; "
                         f"set model.name_or_path to a folder or hub id") from error
     return f"{config.model_type}, {getattr(config, 'num_hidden_layers', '?')} layers"
 
@@ -147,79 +145,3 @@ def load_eval_prompts(cfg: GrpoConfig, tokenizer) -> PromptSet | None:
 def preflight(cfg: GrpoConfig) -> None:
     """What can fail in a second must fail before a folder is made or a model loads."""
     engine(cfg.sampler.name).check_available(pick_device(cfg.device))
-
-
-# What a resumed run may change: how long it runs, how it reports and how it uses the
-# machine; never what it trains (the algorithm, model, data, rewards, sampling, optimizer).
-RESUMABLE = ("trainer.steps", "trainer.save_every", "trainer.eval_every", "trainer.keep_last",
-             "trainer.max_nonfinite_steps", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
-             "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "reward.workers",
-             "eval.", "score.", "device", "resume", "overwrite")
-
-
-def _flat(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out = {}
-    for key, value in node.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def changed_keys(saved_yaml: str, config_yaml: str) -> list[str]:
-    """Keys whose value differs between two composed configs, other than RESUMABLE ones."""
-    saved, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(config_yaml) or {})
-    return [f"{key} ({saved.get(key)} -> {new.get(key)})" for key in sorted(saved.keys() | new.keys())
-            if saved.get(key) != new.get(key) and not key.startswith(RESUMABLE)]
-
-
-def require_writable_folder(path: Path, key: str) -> None:
-    """`path` is a folder, or can be made one: found before any model loads."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{key}={path} is a file, not a folder; give a folder")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={path}: cannot write in {existing}; give a folder you can write to")
-
-
-def require_writable_file(path: Path, key: str) -> None:
-    """`path` can be written as a file (not a folder), checked before the work that fills it."""
-    if path.is_dir():
-        raise UserError(f"{key}={path} is a folder; give a file name, e.g. {path / 'out.json'}")
-    require_writable_folder(path.parent, f"the folder of {key}")
-
-
-def check_run_dir(cfg: GrpoConfig, config_yaml: str, resume_from: Path | None = None) -> Path:
-    """The run folder may take this run: not inside another run's folder, not holding another
-    run (unless overwrite), and, on resume, holding the run being resumed."""
-    run_dir = Path(cfg.output_dir)
-    require_writable_folder(run_dir, "output_dir")
-    outer = next((parent for parent in run_dir.resolve().parents
-                  if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir()), None)
-    if outer is not None:
-        raise UserError(f"output_dir={run_dir} lies inside the run folder {outer}, whose checkpoint pruning "
-                        f"could delete it; pick an output_dir outside it")
-    saved = run_dir / "config.yaml"
-    if saved.exists() and cfg.resume is None and not cfg.overwrite and saved.read_text() != config_yaml:
-        raise UserError(f"{run_dir} holds another run's config; pass resume=auto to continue it, "
-                        f"overwrite=true to reuse the folder, or a new output_dir")
-    started = (checkpoint.run_folder_of(resume_from) / "config.yaml") if resume_from else None
-    if started is not None and started.is_file():
-        changed = changed_keys(started.read_text(), config_yaml)
-        if changed:
-            raise UserError(f"resume would change what the run trains: {', '.join(changed)}; resume with the "
-                            f"run's own settings, or start a new run in a new output_dir")
-    return run_dir
-
-
-def prepare_run_dir(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> Path:
-    """Create the run folder and write its config.yaml and overrides.yaml, once: a resumed run
-    keeps the ones it started with (grpo eval reads them for every checkpoint)."""
-    run_dir = Path(cfg.output_dir)
-    saved = run_dir / "config.yaml"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resume is not None and saved.is_file():
-        return run_dir
-    saved.write_text(config_yaml)
-    (run_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-    return run_dir

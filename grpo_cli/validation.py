@@ -13,6 +13,7 @@ import re
 
 from grpo_cli import algorithms as alg
 from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfig
+from grpo_cli.data import template_problem
 from grpo_cli.driver import OBJECTIVES
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
@@ -27,6 +28,11 @@ from grpo_cli.rewards.catalog import (
 from grpo_cli.rewards.process import PROCESS_REWARDS
 from grpo_cli.runtime import DEVICES, DTYPES
 from grpo_cli.sampler import SAMPLERS
+
+
+# Far above published GRPO batches (DAPO: 512 prompts x 16); beyond it a typo (sampler.n=1000000)
+# would start a step that never ends, with no word said.
+MAX_COMPLETIONS_PER_STEP = 65536
 
 
 def _require(ok: bool, message: str) -> None:
@@ -133,6 +139,10 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     for key in ("save_every", "eval_every", "keep_last"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
     batch = t.prompts_per_step * cfg.sampler.n
+    _require(batch <= MAX_COMPLETIONS_PER_STEP,
+             f"trainer.prompts_per_step x sampler.n = {batch:,} completions per step (up to "
+             f"{batch * cfg.sampler.max_new_tokens:,} new tokens, every step); the limit is {MAX_COMPLETIONS_PER_STEP:,}, "
+             f"beyond any published GRPO batch: lower sampler.n or trainer.prompts_per_step")
     minis = cfg.algorithm.mini_batches
     _require(batch % minis == 0, f"algorithm.mini_batches={minis} must divide trainer.prompts_per_step x sampler.n = {batch}")
 
@@ -146,6 +156,9 @@ def _validate_data(data: DataConfig) -> None:
         _require(groups <= 1, f"data.answer_pattern={data.answer_pattern!r} has {groups} groups; "
                               f"give one group around the answer")
     _require(data.max_prompt_tokens > 0, f"data.max_prompt_tokens={data.max_prompt_tokens} must be > 0")
+    problem = template_problem(data.template)
+    _require(problem is None, f"data.template={data.template!r} is not a template ({problem}); name a column in braces, "
+                              f"e.g. data.template='Q: {{question}}', and double a literal brace ({{{{ or }}}})")
 
 
 def _validate_process(cfg: GrpoConfig) -> None:

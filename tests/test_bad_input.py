@@ -1,127 +1,210 @@
-"""Every bad input the user can give `grpo train`: one line naming the problem and the fix,
-exit status 2, no traceback, and an existing run folder left exactly as it was."""
+"""The catalogue of bad input: every case ends with its exit status, one line naming the problem
+and the fix, no traceback, and every file and folder that existed before exactly as it was (a
+run that fails to start makes no folder either).
+
+The world the cases run against holds a finished run under a path with a space and a
+non-ASCII letter (so every path below goes through Hydra as a user types it), damaged copies of
+it, a DPO run, a folder held by a live run's lock, and a broken recipe on $GRPO_RECIPE_PATH
+(which must break only the command that asks for it).
+"""
+
+import contextlib
+import io
+import os
+import shlex
+import shutil
+from pathlib import Path
 
 import pytest
 
 from grpo_cli.cli import main
-
-BAD = [
-    ("trainer.stepz=3", "stepz"),
-    ("trainer.lr=-1", "trainer.lr"),
-    ("sampler.n=1", "sampler.n=1"),
-    ("algorithm.clip_eps_low=1.5", "clip_eps_low"),
-    ("algorithm.clip_eps_low=0", "clip_eps_low"),
-    ("algorithm=gfpo algorithm.gfpo.k=9", "gfpo.k=9"),
-    ("algorithm=nope", "available: cispo, dapo"),
-    ("reward=nope", "available: arithmetic"),
-    ("sampler=nope", "available: hf, vllm"),
-    ("+recipe=nope", "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, gr_dpo, gsm8k, gsm8k_cpu, gspo"),
-    ("model.name_or_path=/no/such/model", "model path /no/such/model does not exist"),
-    ("data.path=MISSING.jsonl", "does not exist; check data.path"),
-    ("data.path=EMPTY.jsonl", "has no rows"),
-    ("data.path=MALFORMED.jsonl", "line 2 is not valid JSON"),
-    ("data.path=NOANSWER.jsonl", "row 1 has no column 'answer'"),
-    ("reward.functions=[{name:'no_such_module_xyz:f'}]", "cannot import 'no_such_module_xyz'"),
-    ("resume=auto", "has no complete checkpoint"),
-    ("eval.top_p=-1", "eval.top_p=-1.0 must lie in (0, 1]"),
-    ("eval.num_prompts=-1", "eval.num_prompts=-1 must be >= 0"),
-    ("eval.max_new_tokens=-5", "eval.max_new_tokens=-5 must be >= 1"),
-    ("seed=99999999999999999", "must lie in [0, 2^31)"),
-    ("output_dir=", "output_dir is empty"),
-    ("output_dir=EMPTY.jsonl", "is a file, not a folder"),
-    ("data.path=LISTPROMPT.jsonl", "column 'question' holds a list, not text"),
-    ("data.path=NOROLE.jsonl data.prompt_key=messages", "message 0 has role None"),
-    ("data.path=LONG.jsonl data.max_prompt_tokens=400", "1 of 2 prompts plus the 64-token generation budget exceed the model's 256 positions; "
-                             "set data.max_prompt_tokens=192"),
-]
-
-
-@pytest.fixture
-def files(tmp_path):
-    (tmp_path / "EMPTY.jsonl").write_text("")
-    (tmp_path / "MALFORMED.jsonl").write_text('{"question": "1+1", "answer": "2"}\n{"question": \n')
-    (tmp_path / "NOANSWER.jsonl").write_text('{"question": "1+1"}\n')
-    (tmp_path / "LISTPROMPT.jsonl").write_text('{"question": ["1+2", "3+4"], "answer": "3"}\n')
-    (tmp_path / "NOROLE.jsonl").write_text('{"messages": [{"content": "1+1"}], "answer": "2"}\n')
-    (tmp_path / "LONG.jsonl").write_text('{"question": "1+1", "answer": "2"}\n'
-                                         '{"question": "%s", "answer": "2"}\n' % ("1+" * 120 + "1"))
-    return tmp_path
-
-
-@pytest.mark.parametrize("override, fragment", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_one_line_and_exit_2(files, capsys, override, fragment):
-    names = {"MISSING.jsonl": "missing.jsonl", **{n: n for n in ("EMPTY.jsonl", "MALFORMED.jsonl", "NOANSWER.jsonl",
-                                                                   "LISTPROMPT.jsonl", "NOROLE.jsonl", "LONG.jsonl")}}
-    args = []
-    for arg in override.split(" "):
-        key, _, value = arg.partition("=")
-        args.append(f"{key}={files / names[value]}" if value in names else arg)
-    assert main(["train", f"output_dir={files / 'run'}", *args]) == 2
-    err = capsys.readouterr().err
-    assert fragment in err, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_another_runs_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    before = {"config.yaml": "algorithm:\n  name: someone_else\n", "metrics.jsonl": '{"step": 0}\n'}
-    for name, text in before.items():
-        (run / name).write_text(text)
-    assert main(["train", f"output_dir={run}"]) == 2
-    assert "holds another run's config; pass resume=auto" in capsys.readouterr().err
-    assert {p.name: p.read_text() for p in run.iterdir()} == before
-
-
-def test_a_run_that_fails_to_start_leaves_no_folder(files, capsys):
-    assert main(["train", f"output_dir={files / 'run'}", f"data.path={files / 'NOANSWER.jsonl'}"]) == 2
-    assert not (files / "run").exists()
-
+from grpo_cli.errors import UserError
+from grpo_cli.rundir import LOCK_FILE, RunLock
 
 SHORT = ["trainer.steps=2", "trainer.eval_every=0", "eval.num_prompts=4", "eval.k=2", "trainer.prompts_per_step=4"]
+RUN = "my runs/café"
+
+FILES = {
+    "empty.jsonl": "",
+    "malformed.jsonl": '{"question": "1+1", "answer": "2"}\n{"question": \n',
+    "noanswer.jsonl": '{"question": "1+1"}\n',
+    "nullanswer.jsonl": '{"question": "1+1", "answer": null}\n',
+    "listprompt.jsonl": '{"question": ["1+2", "3+4"], "answer": "3"}\n',
+    "norole.jsonl": '{"messages": [{"content": "1+1"}], "answer": "2"}\n',
+    "long.jsonl": '{"question": "1+1", "answer": "2"}\n{"question": "%s", "answer": "2"}\n' % ("1+" * 120 + "1"),
+    "rows.jsonl": '{"prompt": "1+1", "completion": "Answer: 2", "answer": "2"}\n',
+    "recipes/broken.yaml": "trainer: [1, 2\n",
+    "other/config.yaml": "algorithm:\n  name: someone_else\n",
+    "other/metrics.jsonl": '{"step": 0}\n',
+}
+LATIN1 = {"latin1.jsonl": b'{"question": "caf\xe9 1+1", "answer": "2"}\n',
+          "latin1_rows.jsonl": b'{"prompt": "caf\xe9", "completion": "Answer: 2", "answer": "2"}\n'}
+
+
+def snapshot(root: Path) -> dict:
+    """Every file and folder under root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def cut(path: Path, keep: float = 0.5) -> None:
+    os.truncate(path, int(path.stat().st_size * keep))
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["train", f"output_dir={run}", *SHORT]) == 0
-    return run
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    for name, text in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    for name, raw in LATIN1.items():
+        (root / name).write_bytes(raw)
+    (root / "results").mkdir()
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        assert main(["train", f"output_dir={root / RUN}", *SHORT, "trainer.save_every=1"]) == 0
+        assert main(["train", "+recipe=dpo", f"output_dir={root / 'dpo'}", "trainer.steps=1", "trainer.eval_every=0",
+                     "eval.num_prompts=4"]) == 0
+    for name in ("cut_weights", "cut_state"):
+        shutil.copytree(root / RUN, root / name)
+    cut(root / "cut_weights/checkpoints/step_2/model.safetensors")
+    cut(root / "cut_state/checkpoints/step_2/trainer_state.pt", keep=0.01)
+    shutil.copytree(root / RUN / "checkpoints/step_2", root / "no_tokenizer")
+    for file in (root / "no_tokenizer").glob("tokenizer*"):
+        file.unlink()
+    with RunLock(root / "busy"):
+        yield root, printed.getvalue()
 
 
-def snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def train(*args):
+    return ["train", "output_dir={root}/new", *args]
 
 
-@pytest.mark.parametrize("overrides, status, fragment", [
-    ([], 0, "nothing to do: "),  # finished: no summary.json rewritten with the base model's figures
-    (["trainer.steps=3", "sampler.n=4"], 2, "resume would change what the run trains: sampler.n (8 -> 4)"),
-    (["trainer.steps=3", "algorithm=dapo"], 2, "algorithm.name (grpo -> dapo)"),
-], ids=["finished", "group-size", "algorithm"])
-def test_a_resume_that_would_rewrite_the_run_changes_nothing(finished_run, capsys, overrides, status, fragment):
-    before = snapshot(finished_run)
-    assert main(["train", f"output_dir={finished_run}", "resume=auto", *SHORT, *overrides]) == status
+CASES = [
+    # configuration values and keys
+    (train("trainer.stepz=3"), 2, "stepz"),
+    (train("trainer.lr=-1"), 2, "trainer.lr"),
+    (train("sampler.n=1"), 2, "sampler.n=1"),
+    (train("sampler.n=100000"), 2, "completions per step"),
+    (train("algorithm.clip_eps_low=1.5"), 2, "clip_eps_low"),
+    (train("algorithm.clip_eps_low=0"), 2, "clip_eps_low"),
+    (train("algorithm=gfpo", "algorithm.gfpo.k=9"), 2, "gfpo.k=9"),
+    (train("algorithm=nope"), 2, "available: cispo, dapo"),
+    (train("reward=nope"), 2, "available: arithmetic"),
+    (train("sampler=nope"), 2, "available: hf, vllm"),
+    (train("+recipe=nope"), 2, "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, gr_dpo, gsm8k"),
+    (train("+recipe=broken"), 2, "recipe broken ({root}/recipes/broken.yaml) is not valid YAML"),
+    (train("eval.top_p=-1"), 2, "eval.top_p=-1.0 must lie in (0, 1]"),
+    (train("eval.num_prompts=-1"), 2, "eval.num_prompts=-1 must be >= 0"),
+    (train("eval.max_new_tokens=-5"), 2, "eval.max_new_tokens=-5 must be >= 1"),
+    (train("seed=99999999999999999"), 2, "must lie in [0, 2^31)"),
+    (train("data.template='Q: {question'"), 2, "is not a template (expected '}' before end of string)"),
+    (train("data.template='{}'"), 2, "an empty {} names no column"),
+    (train("reward.functions=[{name:'no_such_module_xyz:f'}]"), 2, "cannot import 'no_such_module_xyz'"),
+    (train("model.name_or_path=/no/such/model"), 2, "model path /no/such/model does not exist"),
+    # data files
+    (train("data.path={root}/missing.jsonl"), 2, "does not exist; check data.path"),
+    (train("data.path={root}/empty.jsonl"), 2, "has no rows"),
+    (train("data.path={root}/malformed.jsonl"), 2, "line 2 is not valid JSON"),
+    (train("data.path={root}/latin1.jsonl"), 2, "line 1 is not UTF-8 (byte 0xe9 at column 18); convert the file"),
+    (train("data.path={root}/noanswer.jsonl"), 2, "row 1 has no column 'answer'"),
+    (train("data.path={root}/nullanswer.jsonl"), 2, "row 1 has 'answer': null; fix data.answer_key or the file"),
+    (train("data.path={root}/listprompt.jsonl"), 2, "column 'question' holds a list, not text"),
+    (train("data.path={root}/norole.jsonl", "data.prompt_key=messages"), 2, "message 0 has role None"),
+    (train("data.path={root}/long.jsonl", "data.max_prompt_tokens=400"), 2,
+     "1 of 2 prompts plus the 64-token generation budget exceed the model's 256 positions; set data.max_prompt_tokens=192"),
+    # the run folder
+    (["train", "output_dir="], 2, "output_dir is empty"),
+    (["train", "output_dir={root}/empty.jsonl"], 2, "is a file, not a folder"),
+    (["train", "output_dir={root}/other"], 2, "holds another run's config; pass resume=auto"),
+    (["train", "output_dir={run}/checkpoints/step_2/inner", *SHORT], 2, "lies inside the run folder {run}"),
+    (["train", "output_dir={root}/busy"], 2, "output_dir={root}/busy is in use by another grpo train (pid {pid} on"),
+    (train("resume=auto"), 2, "has no complete checkpoint"),
+    # resuming
+    (["train", "output_dir={run}", "resume=auto", *SHORT], 0, "nothing to do: "),
+    (["train", "output_dir={run}", "resume=auto", *SHORT, "trainer.steps=3", "sampler.n=4"], 2,
+     "resume would change what the run trains: sampler.n (8 -> 4)"),
+    (["train", "output_dir={run}", "resume=auto", *SHORT, "trainer.steps=3", "algorithm=dapo"], 2,
+     "algorithm.name (grpo -> dapo)"),
+    (["train", "output_dir={run}", "resume=auto", *SHORT, "trainer.steps=3", "model.lora.rank=8"], 2,
+     "holds full weights (no LoRA adapters) but this run sets model.lora.rank > 0"),
+    (train("resume={root}/dpo/checkpoints/step_1", *SHORT, "trainer.steps=3"), 2,
+     "was saved by a dpo run (algorithm.objective=preference); this run is grpo (rl)"),
+    (["train", "output_dir={root}/cut_weights", "resume=auto", *SHORT, "trainer.steps=3"], 2,
+     "step_2 is damaged (model.safetensors: Error while deserializing header: incomplete metadata, file not fully "
+     "covered); the newest intact one before it is {root}/cut_weights/checkpoints/step_1: "
+     "resume={root}/cut_weights/checkpoints/step_1"),
+    (["train", "output_dir={root}/cut_state", "resume=auto", *SHORT, "trainer.steps=3"], 2,
+     "step_2 is damaged (trainer_state.pt cannot be read: "),
+    # eval and score
+    (["eval", "checkpoint={root}/cut_weights/checkpoints/step_2"], 2,
+     "the newest intact one before it is {root}/cut_weights/checkpoints/step_1: checkpoint="),
+    (["eval", "checkpoint={root}/no_tokenizer"], 2, "has no tokenizer files (tokenizer_config.json missing)"),
+    (["eval", "eval.num_prompts=2", "output={root}/results"], 2, "output={root}/results is a folder; give a file name"),
+    (["score", "completions={root}/rows.jsonl", "output={root}/results"], 2, "output={root}/results is a folder"),
+    (["score", "completions={root}/latin1_rows.jsonl", "output={root}/scored.jsonl"], 2, "line 1 is not UTF-8"),
+]
+
+
+def place(text: str, names: dict) -> str:
+    for name, value in names.items():
+        text = text.replace(name, value)
+    return text
+
+
+@pytest.mark.parametrize("args, status, fragment", CASES, ids=[" ".join(c[0][1:]) or c[0][0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(world, capsys, monkeypatch, args, status, fragment):
+    root, _ = world
+    monkeypatch.setenv("GRPO_RECIPE_PATH", str(root / "recipes"))
+    names = {"{root}": str(root), "{run}": str(root / RUN), "{pid}": str(os.getpid())}
+    before = snapshot(root)
+    assert main([place(arg, names) for arg in args]) == status
     err = capsys.readouterr().err
-    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert snapshot(finished_run) == before
+    assert place(fragment, names) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert status != 2 or err.startswith("error: ")
+    assert snapshot(root) == before
 
 
-def test_an_output_dir_inside_a_run_folder_is_refused(finished_run, capsys):
-    before = snapshot(finished_run)
-    inner = finished_run / "checkpoints" / "step_2" / "inner"
-    assert main(["train", f"output_dir={inner}", *SHORT]) == 2
+def test_a_broken_recipe_breaks_only_the_command_that_asks_for_it(world, capsys, monkeypatch):
+    root, _ = world
+    monkeypatch.setenv("GRPO_RECIPE_PATH", str(root / "recipes"))
+    assert main(["train", "--cfg", "job"]) == 0
+    assert main(["train", "+recipe=embedded", "--cfg", "job"]) == 0
+    assert "recipe: embedded" in capsys.readouterr().out
+
+
+def test_the_printed_eval_command_pastes_back(world, capsys):
+    """The run folder holds a space and a non-ASCII letter; the command `grpo train` printed
+    runs as printed."""
+    root, printed = world
+    line = next(line for line in printed.splitlines() if line.startswith("evaluate it: "))
+    argv = shlex.split(line.removeprefix("evaluate it: "))
+    assert argv[:2] == ["grpo", "eval"] and argv[2] == f"checkpoint={root / RUN}/checkpoints/step_2"
+    assert main([*argv[1:], "eval.num_prompts=2", "eval.k=1"]) == 0
+
+
+def test_a_live_run_holds_its_folder_and_a_crashed_one_is_taken_over(tmp_path, capsys):
+    folder = tmp_path / "runs" / "a"
+    with RunLock(folder):
+        holder = (folder / LOCK_FILE).read_text()
+        assert f'"pid": {os.getpid()}' in holder
+        with pytest.raises(UserError, match=f"is in use by another grpo train \\(pid {os.getpid()} on"):
+            RunLock(folder).__enter__()
+    assert not (tmp_path / "runs").exists()  # it made both folders and nothing was written in them
+    folder.mkdir(parents=True)
+    (folder / LOCK_FILE).write_text('{"pid": 99999999, "host": "elsewhere", "since": "yesterday"}')  # killed holder
+    with RunLock(folder):
+        assert f'"pid": {os.getpid()}' in (folder / LOCK_FILE).read_text()
+    assert "taking over" in (err := capsys.readouterr().err) and "(pid 99999999 on elsewhere, since yesterday)" in err
+    assert not (folder / LOCK_FILE).exists() and folder.is_dir()  # the folder was there before: it stays
+
+
+def test_a_reward_with_no_finite_value_in_a_step_is_said_in_our_words(tmp_path, capsys):
+    user = tmp_path / "nan_reward.py"
+    user.write_text("def nan(prompts, completions, **kwargs):\n    return [float('nan')] * len(completions)\n")
+    args = [f"output_dir={tmp_path / 'run'}", "trainer.steps=1", "trainer.eval_every=0", "data.eval_path=null",
+            "trainer.prompts_per_step=2", "sampler.n=2", f"reward.functions=[{{name:'{user}:nan'}}]"]
+    assert main(["train", *args]) == 0
     err = capsys.readouterr().err
-    assert f"lies inside the run folder {finished_run}" in err and err.count("\n") == 1, err
-    assert snapshot(finished_run) == before
-
-
-@pytest.mark.parametrize("command", [["eval", "eval.num_prompts=2"], ["score", "completions=ROWS"]])
-def test_an_output_that_is_a_folder_is_refused_before_the_work(tmp_path, capsys, command):
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"prompt": "1+1", "completion": "Answer: 2", "answer": "2"}\n')
-    folder = tmp_path / "results"
-    folder.mkdir()
-    args = [a.replace("ROWS", str(rows)) for a in command]
-    assert main([*args, f"output={folder}"]) == 2
-    err = capsys.readouterr().err
-    assert f"output={folder} is a folder; give a file name" in err and err.count("\n") == 1, err
-    assert list(folder.iterdir()) == []
+    assert "step 1: no reward function gave a finite value for any of the 4 completions (NaN, inf or None everywhere)" in err
+    assert "Traceback" not in err and "UserWarning" not in err

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli.checkpoint import is_checkpoint
+from grpo_cli.checkpoint import is_checkpoint, verify
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, PromptSet, load_pairs, lookup, with_reference
 from grpo_cli.driver import OBJECTIVES
@@ -25,6 +25,7 @@ from grpo_cli.evaluate import evaluate, sample_and_score
 from grpo_cli.metrics import console, headline, results_table
 from grpo_cli.offline import group_figures, sums_of
 from grpo_cli.rewards.scoring import RewardSet
+from grpo_cli.rundir import require_writable_file
 from grpo_cli.runtime import (
     DTYPES,
     load_eval_prompts,
@@ -32,7 +33,6 @@ from grpo_cli.runtime import (
     make_sampler,
     pick_device,
     preflight,
-    require_writable_file,
     sampling_params,
 )
 from grpo_cli.schedule import derived_seed
@@ -43,6 +43,8 @@ def weights_to_evaluate(cfg: GrpoConfig) -> str:
     if cfg.eval.checkpoint and not is_checkpoint(weights):
         raise UserError(f"checkpoint={weights} is not a checkpoint folder (needs config.json and *.safetensors); "
                         f"pass a runs/<run>/checkpoints/step_<N> folder")
+    if cfg.eval.checkpoint:
+        verify(Path(weights), "checkpoint")
     if cfg.data.eval_path is None:
         raise UserError("no held-out data: set data.eval_path (or pick a data group that has one)")
     return weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from grpo_cli.config import GrpoConfig
@@ -19,5 +20,6 @@ def run(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> int:
     console.print(f"run folder: {summary['run_dir']}")
     if summary["checkpoint"]:
         console.print(f"checkpoint: {summary['checkpoint']}")
-        console.print(f"evaluate it: grpo eval checkpoint={summary['checkpoint']}")
+        evaluate = shlex.join(["grpo", "eval", f"checkpoint={summary['checkpoint']}"])
+        console.print(f"evaluate it: {evaluate}")
     return 0

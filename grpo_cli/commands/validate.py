@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from grpo_cli.checkpoint import find_resume_point
+from grpo_cli.checkpoint import find_resume_point, verify
 from grpo_cli.config import GrpoConfig
-from grpo_cli.driver import OBJECTIVES
+from grpo_cli.driver import OBJECTIVES, saved_by
 from grpo_cli.metrics import console
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
+from grpo_cli.rundir import check_run_dir
 from grpo_cli.runtime import (
     check_model,
-    check_run_dir,
     load_and_report,
     load_eval_prompts,
     load_tokenizer,
@@ -22,6 +22,8 @@ def dry_run(cfg: GrpoConfig, config_yaml: str) -> list[str]:
     prompts with an empty completion)."""
     OBJECTIVES[cfg.algorithm.objective].preflight(cfg)
     resume_from = find_resume_point(cfg.output_dir, cfg.resume)
+    if resume_from is not None:
+        verify(resume_from, "resume", resuming_as=saved_by(cfg))
     check_run_dir(cfg, config_yaml, resume_from)
     model_path = str(resume_from) if resume_from else cfg.model.name_or_path
     lines = [f"model {model_path}: {check_model(model_path, cfg.model.trust_remote_code)}"]
