@@ -104,6 +104,18 @@ class RewardConfig:
 
 
 @dataclass
+class EnvironmentConfig:
+    """What answers the model between its turns (environments/). single_turn: nobody (one
+    completion per episode, today's GRPO)."""
+
+    name: str = "single_turn"  # single_turn | feedback | my_env.py:MyEnvironment
+    max_turns: int = 1  # model turns per episode
+    max_total_tokens: int = 0  # model plus environment tokens after the prompt; 0: max_turns x sampler.max_new_tokens
+    turn_discount: float = 1.0  # the episode's reward is multiplied by this per model turn after the first
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the environment's constructor
+
+
+@dataclass
 class GfpoConfig:
     """GFPO (arXiv 2508.09726): keep k of each group's completions by a metric, learn from those."""
 
@@ -199,6 +211,7 @@ class GrpoConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from grpo_cli.data import PromptSet
+from grpo_cli.environments import EpisodeSpec, run_episodes
 from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.sampler import SamplingParams, prompt_seeds
 
@@ -71,14 +72,14 @@ class EvalSamples:
 
 
 def sample_and_score(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int,
-                     rows: range, prompts_per_call: int = 64) -> EvalSamples:
+                     rows: range, episodes: EpisodeSpec, prompts_per_call: int = 64) -> EvalSamples:
     """params.n completions for each prompt in `rows`; prompt i's seed depends on (seed, i)
     only, so a share of the rows draws what the whole would."""
     out = EvalSamples([], [], [], [])
     for start in range(rows.start, rows.stop, prompts_per_call):
         index = list(range(start, min(start + prompts_per_call, rows.stop)))
         batch = prompts.take(index)
-        rollouts = sampler.generate(batch, params, seeds=prompt_seeds(seed, index))
+        rollouts = run_episodes(sampler, batch, params, prompt_seeds(seed, index), episodes)
         scores = rewards.score(batch, rollouts, steps=False)
         out.correct += scores.correct.view(len(batch), params.n).sum(-1).tolist()
         out.rewards += scores.total.tolist()
@@ -87,6 +88,7 @@ def sample_and_score(sampler, prompts: PromptSet, rewards: RewardSet, params: Sa
     return out
 
 
-def evaluate(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int) -> EvalResult:
-    """Sample params.n completions for every prompt and score them."""
-    return sample_and_score(sampler, prompts, rewards, params, seed, range(len(prompts))).summary(params.n)
+def evaluate(sampler, prompts: PromptSet, rewards: RewardSet, params: SamplingParams, seed: int,
+             episodes: EpisodeSpec) -> EvalResult:
+    """Sample params.n completions (episodes) for every prompt and score them."""
+    return sample_and_score(sampler, prompts, rewards, params, seed, range(len(prompts)), episodes).summary(params.n)

@@ -23,6 +23,7 @@ from grpo_cli.algorithms.stats import group_stats
 from grpo_cli.config import AlgorithmConfig, GrpoConfig
 from grpo_cli.data import PromptSet
 from grpo_cli.distributed import Ranks, local_device
+from grpo_cli.environments import EpisodeSpec, episode_spec, run_episodes
 from grpo_cli.errors import UserError
 from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
 from grpo_cli.learner import Learner
@@ -57,6 +58,7 @@ class Run:
     eval_params: SamplingParams
     difficulty: DifficultyTracker
     ranks: Ranks
+    episodes: EpisodeSpec
     evaluates_base: ClassVar[bool] = True
 
     def step(self, step: int) -> dict[str, float]:
@@ -70,7 +72,8 @@ class Run:
             console.print(f"evaluating the base model: {len(self.eval_prompts)} held-out prompts x {self.cfg.eval.k} samples")
         self.sampler.wake()
         mine = sample_and_score(self.sampler, self.eval_prompts, self.rewards, self.eval_params,
-                                seed=derived_seed(self.cfg.seed, 0, 2), rows=self.ranks.share(len(self.eval_prompts)))
+                                seed=derived_seed(self.cfg.seed, 0, 2), rows=self.ranks.share(len(self.eval_prompts)),
+                                episodes=self.episodes)
         return EvalSamples.merge(self.ranks.gather(mine)).summary(self.eval_params.n)
 
     def state_dict(self) -> dict:
@@ -104,7 +107,8 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
     train_params, eval_params = sampling_params(cfg)
     return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
                rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
-               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo.adaptive_window), ranks=ranks)
+               eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo.adaptive_window), ranks=ranks,
+               episodes=episode_spec(cfg.environment, tokenizer))
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
@@ -144,7 +148,7 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
     mine = run.ranks.share(len(rows))
     batch = run.train_prompts.take([rows[i] for i in mine])
     run.sampler.wake()
-    rollouts = run.sampler.generate(batch, run.train_params, seeds=prompt_seeds(seed, mine))
+    rollouts = run_episodes(run.sampler, batch, run.train_params, prompt_seeds(seed, mine), run.episodes)
     clock.lap("generate")
     scores = run.rewards.score(batch, rollouts)
     if run.ranks.active:
@@ -212,11 +216,24 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
         "completion/selected_mean_length": float(lengths[selected].mean()) if selected.any() else 0.0,
         "sampler/policy_version": float(rollouts.policy_version),  # the push these were sampled after
     }
+    if rollouts.turns is not None:
+        out.update(episode_metrics(rollouts))
     for name, values in scores.components.items():
         out[f"reward/{name}"] = float(values.nanmean())
     for name, failed in scores.failed.items():
         out[f"reward/{name}/failed"] = float(failed.sum())  # raised or timed out: reward None
     return out
+
+
+def episode_metrics(rollouts: Rollouts) -> dict[str, float]:
+    """Multi-turn health: turns, who wrote the tokens, how episodes ended."""
+    return {
+        "episode/turns": float(rollouts.turns.float().mean()),
+        "episode/model_tokens": float(rollouts.completion_mask.sum(-1).float().mean()),
+        "episode/env_tokens": float(rollouts.env_mask.sum(-1).float().mean()),
+        "episode/ended_by_budget": float(rollouts.truncated.float().mean()),
+        "episode/env_errors": float(rollouts.env_failed.sum()),
+    }
 
 
 class Stopwatch:

@@ -50,10 +50,11 @@ def _flat(node, prefix: str = "") -> dict:
 
 
 def changed_keys(saved_yaml: str, config_yaml: str) -> list[str]:
-    """Keys whose value differs between two composed configs, other than RESUMABLE ones; the
-    choices that imply the others (algorithm.name, model.name_or_path, data.path...) first."""
+    """Keys whose value differs between two composed configs, other than RESUMABLE ones and
+    keys the saved one lacks (added by a later version, at their defaults); the choices that
+    imply the others (algorithm.name, model.name_or_path, data.path...) first."""
     saved, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(config_yaml) or {})
-    keys = sorted(saved.keys() | new.keys(), key=lambda key: (not key.endswith(LEADING), key))
+    keys = sorted(saved.keys(), key=lambda key: (not key.endswith(LEADING), key))
     return [f"{key} ({saved.get(key)} -> {new.get(key)})" for key in keys
             if saved.get(key) != new.get(key) and not key.startswith(RESUMABLE)]
 

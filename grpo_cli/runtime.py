@@ -8,7 +8,6 @@ with the fix in the message, before any training starts. The run folder's rules 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import datasets
 import torch
@@ -90,12 +89,19 @@ def sampling_params(cfg: GrpoConfig) -> tuple[SamplingParams, SamplingParams]:
     return train, evaluation
 
 
+def generation_budget(cfg: GrpoConfig) -> int:
+    """Tokens after the prompt: the larger completion budget, or a whole episode's."""
+    turn = max(cfg.sampler.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    env = cfg.environment
+    return turn if env.max_turns == 1 else max(turn, env.max_total_tokens or env.max_turns * turn)
+
+
 def max_model_len(cfg: GrpoConfig, model_path: str) -> int:
     """sampler.max_model_len, or the longest prompt plus the larger generation budget, within
     the model's positions."""
     if cfg.sampler.max_model_len:
         return cfg.sampler.max_model_len
-    wanted = cfg.data.max_prompt_tokens + max(cfg.sampler.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    wanted = cfg.data.max_prompt_tokens + generation_budget(cfg)
     positions = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code),
                         "max_position_embeddings", None)
     return min(wanted, positions) if positions else wanted
@@ -127,11 +133,12 @@ def check_room(cfg: GrpoConfig, path: str, prompts: PromptSet) -> None:
     except (OSError, ValueError):  # the model's own load says what is wrong with it
         return
     positions = getattr(config, "max_position_embeddings", None)
-    budget = max(cfg.sampler.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    budget = generation_budget(cfg)
     over = sum(len(ids) + budget > positions for ids in prompts.prompt_ids) if positions else 0
     if over:
-        fix = (f"set data.max_prompt_tokens={positions - budget} (longer prompts are dropped) or lower "
-               f"sampler.max_new_tokens" if positions > budget else "lower sampler.max_new_tokens / eval.max_new_tokens")
+        fix = (f"set data.max_prompt_tokens={positions - budget} (longer prompts are dropped) or lower the "
+               "generation budget" if positions > budget else "lower sampler.max_new_tokens / eval.max_new_tokens "
+               "(and environment.max_total_tokens)")
         raise UserError(f"{path}: {over} of {len(prompts)} prompts plus the {budget}-token generation budget exceed "
                         f"the model's {positions} positions; {fix}")
 

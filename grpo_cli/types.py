@@ -71,8 +71,18 @@ class Rollouts:
                       sampling temperature over the full vocabulary (0 on padding).
     truncated:        [N] bool, True when the completion hit the length limit (no EOS).
     group_ids:        [N] long, index of the prompt within the batch (0..B-1).
-    completions:      N decoded completion strings (special tokens stripped).
+    completions:      N decoded completion strings (special tokens stripped); of an episode,
+                      its last model turn (the final answer).
     policy_version:   the learner step whose weights generated these.
+
+    Episodes with an environment (environments/runner.py; None for single-turn generation):
+    the completion holds every turn after the prompt, and completion_mask is 1 on the tokens
+    the model drew only.
+    env_mask:         [N, C] 1 on the environment's tokens (attended to, never trained).
+    turns:            [N] long, model turns in the episode.
+    env_reward:       [N] float, the environment's summed reward (NaN: none given).
+    reward_scale:     [N] float, what the episode's reward is multiplied by (turn discount).
+    env_failed:       [N] bool, the environment's step raised (the episode ended there).
     """
 
     prompt_ids: torch.Tensor
@@ -84,6 +94,20 @@ class Rollouts:
     group_ids: torch.Tensor
     completions: list[str]
     policy_version: int = 0
+    env_mask: torch.Tensor | None = None
+    turns: torch.Tensor | None = None
+    env_reward: torch.Tensor | None = None
+    reward_scale: torch.Tensor | None = None
+    env_failed: torch.Tensor | None = None
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """[N, C] 1 on every real completion token, the model's and the environment's."""
+        return self.completion_mask if self.env_mask is None else self.completion_mask | self.env_mask
+
+    def model_token_ids(self) -> list[list[int]]:
+        """Per completion, the ids the model drew (every turn's, in order)."""
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.completion_ids, self.completion_mask)]
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -117,6 +141,8 @@ class Rollouts:
             group_ids=torch.cat([p.group_ids + offsets[i] for i, p in enumerate(parts)]),
             completions=[text for p in parts for text in p.completions],
             policy_version=parts[0].policy_version,
+            **{name: None if getattr(parts[0], name) is None else pad_cat([getattr(p, name) for p in parts], 0)
+               for name in ("env_mask", "turns", "env_reward", "reward_scale", "env_failed")},
         )
 
 
@@ -199,7 +225,7 @@ class Sequences:
         if overlong_filter:
             loss_mask = loss_mask * ~rollouts.truncated[:, None]
         return cls(input_ids=torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1),
-                   attention_mask=torch.cat([rollouts.prompt_mask, rollouts.completion_mask], dim=1),
+                   attention_mask=torch.cat([rollouts.prompt_mask, rollouts.attention], dim=1),
                    loss_mask=loss_mask, sampler_logprobs=rollouts.sampler_logprobs)
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from grpo_cli import algorithms as alg
 from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfig
 from grpo_cli.data import template_problem
 from grpo_cli.driver import OBJECTIVES
+from grpo_cli.environments import ENVIRONMENTS, environment_class
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
 from grpo_cli.rewards.catalog import (
@@ -215,6 +216,26 @@ def _validate_lora(cfg: GrpoConfig) -> None:
              "the base model with the adapters off; set model.lora.rank=0 or algorithm.ref_reset_every=0")
 
 
+def _validate_environment(cfg: GrpoConfig) -> None:
+    env = cfg.environment
+    _require(is_user_path(env.name) or env.name in ENVIRONMENTS,
+             f"environment.name={env.name!r} is not an environment: use one of {', '.join(sorted(ENVIRONMENTS))}, "
+             f"or module:Class / file.py:Class")
+    _require(env.max_turns >= 1, f"environment.max_turns={env.max_turns} must be >= 1")
+    _require(env.max_total_tokens >= 0, f"environment.max_total_tokens={env.max_total_tokens} must be >= 0 "
+                                        f"(0: max_turns x sampler.max_new_tokens)")
+    _require(0 < env.turn_discount <= 1, f"environment.turn_discount={env.turn_discount} must lie in (0, 1]")
+    if env.max_turns == 1:
+        return
+    _require(cfg.data.chat_template, "multi-turn episodes (environment.max_turns > 1) need data.chat_template=true")
+    _require(cfg.algorithm.advantage != "process", "algorithm.advantage=process scores the steps of one completion; "
+                                                   "use environment.max_turns=1 with it")
+    try:
+        environment_class(env.name)(**dict(env.kwargs))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"environment {env.name} with kwargs {dict(env.kwargs)}: {error}") from error
+
+
 def _validate_run(cfg: GrpoConfig) -> None:
     # Seeds are combined with steps and streams into 64-bit generator seeds (schedule.derived_seed).
     _require(0 <= cfg.seed < 2**31, f"seed={cfg.seed} must lie in [0, 2^31)")
@@ -233,4 +254,5 @@ def validate(cfg: GrpoConfig) -> GrpoConfig:
     _validate_data(cfg.data)
     _validate_process(cfg)
     validate_rewards(cfg.reward)
+    _validate_environment(cfg)
     return cfg

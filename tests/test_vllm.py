@@ -16,8 +16,8 @@ from grpo_cli.errors import UserError
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler import vllm as vllm_sampler
-from grpo_cli.types import left_pad
-from grpo_cli.types import TrainBatch
+from grpo_cli.environments import EpisodeSpec, Observation, run_episodes
+from grpo_cli.types import Sequences, TrainBatch, left_pad
 
 CPU = torch.device("cpu")
 needs_vllm_cpu = pytest.mark.skipif(
@@ -97,6 +97,30 @@ def test_the_push_puts_the_learners_weights_in_the_engine(sampler, eval_prompts)
     assert before > 0.05, before  # the old weights
     assert after < 1e-4 and drawn_gap < 1e-4, (after, drawn_gap)
     assert drawn.policy_version == 7
+
+
+class Again:
+    """Answers every model turn with the same short user message."""
+
+    def reset(self, row):
+        return None
+
+    def step(self, messages):
+        return Observation(messages=[{"role": "user", "content": "Again."}])
+
+
+def test_multi_turn_episodes_train_on_the_engines_own_tokens(sampler, eval_prompts, tokenizer):
+    """Every model turn of an episode, drawn by vLLM with the environment's turns before it,
+    reads back through the learner's forward with the log-probs vLLM reported."""
+    model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32).eval()
+    sampler.load_weights(dict(model.state_dict()), version=0)
+    spec = EpisodeSpec(make=Again, max_turns=3, max_total_tokens=150, turn_discount=1.0, tokenizer=tokenizer)
+    out = run_episodes(sampler, eval_prompts.take([0, 1, 2, 3]), params(n=2, max_new_tokens=40), seeds(9, 4), spec)
+    assert int(out.turns.max()) == 3 and out.env_mask.any()
+    batch = Sequences.from_rollouts(out)
+    with torch.no_grad():
+        learner, _ = sequence_logprobs(model, batch, 1.0)
+    assert ((learner - out.sampler_logprobs).abs() * batch.loss_mask).max().item() < 1e-4
 
 
 def test_rollout_shapes_masks_and_groups(sampler, eval_prompts, tokenizer):

@@ -20,6 +20,7 @@ from grpo_cli.checkpoint import is_checkpoint, verify
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, PromptSet, load_pairs, lookup, with_reference
 from grpo_cli.driver import OBJECTIVES
+from grpo_cli.environments import episode_spec
 from grpo_cli.errors import UserError
 from grpo_cli.evaluate import evaluate, sample_and_score
 from grpo_cli.metrics import console, headline, results_table
@@ -60,7 +61,8 @@ def evaluate_prompts(cfg: GrpoConfig, weights: str) -> dict:
     outcome_only = replace(cfg.reward, process=None)  # accuracy needs no step rewards
     try:
         with RewardSet(outcome_only) as rewards:
-            return evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2)).to_dict()
+            return evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2),
+                            episodes=episode_spec(cfg.environment, tokenizer)).to_dict()
     finally:
         sampler.close()
 
@@ -90,7 +92,7 @@ def task_accuracy(cfg: GrpoConfig, weights: str, tokenizer, pairs: PairSet, devi
     try:
         with RewardSet(replace(cfg.reward, process=None)) as rewards:
             samples = sample_and_score(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2),
-                                       rows=range(len(prompts)))
+                                       rows=range(len(prompts)), episodes=episode_spec(cfg.environment, tokenizer))
     finally:
         sampler.close()
     correct = torch.tensor(samples.correct, dtype=torch.float) / params.n

@@ -5,6 +5,7 @@ from __future__ import annotations
 from grpo_cli.checkpoint import find_resume_point, verify
 from grpo_cli.config import GrpoConfig
 from grpo_cli.driver import OBJECTIVES, saved_by
+from grpo_cli.environments import episode_spec, probe
 from grpo_cli.metrics import console
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
 from grpo_cli.rundir import check_run_dir
@@ -37,6 +38,8 @@ def dry_run(cfg: GrpoConfig, config_yaml: str) -> list[str]:
         rewards.score_texts(batch.prompts, ["", ""], reward_columns(batch.examples, [[], []], batch.messages))
         lines.append("rewards " + ", ".join(f"{name} ({'failed: ' + r.first_error if r.first_error else 'ok'})"
                                              for name, r in rewards.reports.items()))
+    if cfg.environment.max_turns > 1:
+        lines.append(probe(episode_spec(cfg.environment, tokenizer), cfg.environment.name, batch.examples, batch.messages))
     if resume_from:
         lines.append(f"resumes from {resume_from}")
     return lines

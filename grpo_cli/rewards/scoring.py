@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
 import torch
 
@@ -36,6 +37,17 @@ def reward_columns(rows: list[dict], completion_ids: list[list[int]], messages: 
         columns["messages"] = messages
     columns["completion_ids"] = completion_ids
     return columns
+
+
+def with_environment(scores: Scores, rollouts: Rollouts) -> Scores:
+    """An episode's reward: the functions' total plus the environment's own reward (logged as
+    reward/environment), times its turn discount. Single-turn scores pass unchanged."""
+    if rollouts.env_reward is None:
+        return scores
+    given = ~rollouts.env_reward.isnan()
+    total = torch.where(given, scores.total.nan_to_num(0.0) + rollouts.env_reward, scores.total)
+    components = {**scores.components, "environment": rollouts.env_reward} if given.any() else scores.components
+    return replace(scores, total=total * rollouts.reward_scale, components=components)
 
 
 class RewardSet:
@@ -94,11 +106,9 @@ class RewardSet:
         only the outcome)."""
         index = rollouts.group_ids.tolist()
         prompts = [batch.prompts[i] for i in index]
-        completion_ids = [ids[:n] for ids, n in zip(rollouts.completion_ids.tolist(),
-                                                    rollouts.completion_lengths.tolist())]
-        columns = reward_columns([batch.examples[i] for i in index], completion_ids,
+        columns = reward_columns([batch.examples[i] for i in index], rollouts.model_token_ids(),
                                  [batch.messages[i] for i in index] if batch.messages else None)
-        scores = self.score_texts(prompts, rollouts.completions, columns)
+        scores = with_environment(self.score_texts(prompts, rollouts.completions, columns), rollouts)
         if steps and self.process is not None:
             scores.step_ends, scores.step_rewards = self.process(prompts, columns.pop("completion_ids"), columns)
         return scores

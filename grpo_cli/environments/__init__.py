@@ -1,0 +1,59 @@
+"""Environments by name (environment.name): the built-ins, and user classes named by a path
+(`my_env.py:Calculator`, `package.module:Class`), constructed once per episode with
+environment.kwargs. runner.py runs the episodes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from grpo_cli.config import EnvironmentConfig
+from grpo_cli.environments.base import Environment, Observation, SingleTurn
+from grpo_cli.environments.feedback import Feedback
+from grpo_cli.environments.render import check_appendable, turn_ids
+from grpo_cli.errors import UserError
+from grpo_cli.environments.runner import EpisodeSpec, run_episodes
+from grpo_cli.rewards.catalog import is_user_path, load_user_function
+
+ENVIRONMENTS: dict[str, Callable[..., Environment]] = {
+    "single_turn": SingleTurn,
+    "feedback": Feedback,
+}
+
+
+def environment_class(name: str) -> Callable[..., Environment]:
+    """The class (or factory) named by environment.name; ValueError naming the problem."""
+    return load_user_function(name) if is_user_path(name) else ENVIRONMENTS[name]
+
+
+def episode_spec(env_cfg: EnvironmentConfig, tokenizer) -> EpisodeSpec:
+    """How the sampler stage runs episodes; a template that cannot append turns fails here."""
+    if env_cfg.max_turns > 1:
+        check_appendable(tokenizer)
+    make = functools.partial(environment_class(env_cfg.name), **dict(env_cfg.kwargs))
+    return EpisodeSpec(make=make, max_turns=env_cfg.max_turns, max_total_tokens=env_cfg.max_total_tokens,
+                       turn_discount=env_cfg.turn_discount, tokenizer=tokenizer)
+
+
+def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[dict]]) -> str:
+    """The environment on a few rows, answering an empty model turn: what `grpo validate`
+    reports. A reset or step that raises, or an answer the template cannot render, fails here."""
+    for row, prompt in zip(rows, messages):
+        try:
+            env = spec.make()
+            env.reset(row)
+            history = [*prompt, {"role": "assistant", "content": ""}]
+            observation = env.step(history)
+            if not isinstance(observation, Observation):
+                raise TypeError(f"step returned {type(observation).__name__}, not an Observation")
+            if observation.messages:
+                turn_ids(spec.tokenizer, history, observation.messages)
+        except UserError:
+            raise
+        except Exception as error:  # user code fails in its own ways
+            raise UserError(f"environment {name} failed on a data row: {type(error).__name__}: {error}") from error
+    return f"environment {name} (up to {spec.max_turns} turns): answered {len(rows)} rows"
+
+
+__all__ = ["ENVIRONMENTS", "Environment", "EpisodeSpec", "Observation", "SingleTurn", "environment_class",
+           "episode_spec", "probe", "run_episodes"]
