@@ -113,6 +113,8 @@ class EnvironmentConfig:
     max_total_tokens: int = 0  # model plus environment tokens after the prompt; 0: max_turns x sampler.max_new_tokens
     turn_discount: float = 1.0  # the episode's reward is multiplied by this per model turn after the first
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the environment's constructor
+    workers: int = 2  # processes that run the environment's steps; 0 = in the trainer's process (no time limit)
+    timeout: float = 30.0  # seconds per step; a step over it ends its episode, not the run
 
 
 @dataclass

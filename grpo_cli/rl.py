@@ -85,6 +85,7 @@ class Run:
 
     def close(self) -> None:
         self.rewards.close()  # stop the reward worker processes, also on an error
+        self.episodes.close()  # and the environment's
         self.sampler.close()  # before the process group goes: a vLLM engine under torchrun uses it
 
 
@@ -217,7 +218,7 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
         "sampler/policy_version": float(rollouts.policy_version),  # the push these were sampled after
     }
     if rollouts.turns is not None:
-        out.update(episode_metrics(rollouts))
+        out.update(episode_metrics(rollouts, scores))
     for name, values in scores.components.items():
         out[f"reward/{name}"] = float(values.nanmean())
     for name, failed in scores.failed.items():
@@ -225,9 +226,13 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
     return out
 
 
-def episode_metrics(rollouts: Rollouts) -> dict[str, float]:
-    """Multi-turn health: turns, who wrote the tokens, how episodes ended."""
+def episode_metrics(rollouts: Rollouts, scores: Scores) -> dict[str, float]:
+    """Multi-turn health: turns, who wrote the tokens, how episodes ended; which attempt was
+    right (with text feedback: the first, or a retry after the critique)."""
+    retried = rollouts.turns > 1
     return {
+        "episode/first_attempt_correct": float((scores.correct & ~retried).float().mean()),
+        "episode/retry_correct": float(scores.correct[retried].float().mean()) if retried.any() else 0.0,
         "episode/turns": float(rollouts.turns.float().mean()),
         "episode/model_tokens": float(rollouts.completion_mask.sum(-1).float().mean()),
         "episode/env_tokens": float(rollouts.env_mask.sum(-1).float().mean()),

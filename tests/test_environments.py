@@ -145,3 +145,60 @@ def test_validate_runs_the_environment_on_two_rows(tmp_path, capsys):
     assert main(["validate", f"output_dir={tmp_path / 'run'}", "environment=feedback",
                  f"environment.name={broken}:Broken"]) == 2
     assert "step returned dict, not an Observation" in capsys.readouterr().err
+
+
+USER_ENVIRONMENTS = """
+import time
+
+from grpo_cli.environments import Observation
+
+
+class Hanging:
+    def reset(self, row):
+        return None
+
+    def step(self, messages):
+        time.sleep(60)
+
+
+class Counting:
+    \"\"\"Keeps a count in its own state: it must come back from the worker with the episode.\"\"\"
+
+    def __init__(self):
+        self.steps = 0
+
+    def reset(self, row):
+        return None
+
+    def step(self, messages):
+        self.steps += 1
+        return Observation(messages=[{"role": "user", "content": f"Step {self.steps}."}])
+"""
+
+
+def test_environment_steps_run_in_workers_under_a_time_limit(sampler, eval_prompts, tokenizer, make_cfg, tmp_path):
+    (tmp_path / "envs.py").write_text(USER_ENVIRONMENTS)
+    common = ["environment.max_turns=3", "environment.max_total_tokens=200", "environment.workers=2"]
+    hanging = make_cfg(f"environment.name={tmp_path}/envs.py:Hanging", "environment.timeout=1", *common)
+    with episode_spec(hanging.environment, tokenizer) as episodes:
+        out = run_episodes(sampler, eval_prompts.take([0, 1]), PARAMS, seeds(10, 2), episodes)
+    assert torch.equal(out.env_failed, ~out.truncated) and out.env_failed.any() and (out.turns == 1).all()
+    counting = make_cfg(f"environment.name={tmp_path}/envs.py:Counting", *common)
+    with episode_spec(counting.environment, tokenizer) as episodes:
+        out = run_episodes(sampler, eval_prompts.take([0, 1]), PARAMS, seeds(11, 2), episodes)
+    assert int(out.turns.max()) == 3
+    text = [tokenizer.decode(ids[env.bool()]) for ids, env in zip(out.completion_ids, out.env_mask)]
+    for turns, said in zip(out.turns.tolist(), text):
+        assert said == "".join(f"<|user|>Step {k}.\n<|assistant|>" for k in range(1, turns))
+
+
+def test_halves_of_a_batch_draw_what_the_whole_does(sampler, eval_prompts, tokenizer):
+    """Every turn is seeded by its prompt, its place in the group and the turn: ranks that hold
+    a share of the prompts run the episodes one process would."""
+    every = list(range(4))
+    whole = run_episodes(sampler, eval_prompts.take(every), PARAMS, seeds(12, 4), spec(tokenizer, max_total_tokens=150))
+    halves = [run_episodes(sampler, eval_prompts.take(part), PARAMS, seeds(12, 4)[part[0]:part[-1] + 1],
+                           spec(tokenizer, max_total_tokens=150)) for part in (every[:2], every[2:])]
+    rows = lambda out: [ids[real.bool()].tolist() for ids, real in zip(out.completion_ids, out.attention)]  # noqa: E731
+    assert rows(whole) == rows(halves[0]) + rows(halves[1])
+    assert int(whole.turns.max()) > 1

@@ -60,9 +60,9 @@ def evaluate_prompts(cfg: GrpoConfig, weights: str) -> dict:
     _, params = sampling_params(cfg)
     outcome_only = replace(cfg.reward, process=None)  # accuracy needs no step rewards
     try:
-        with RewardSet(outcome_only) as rewards:
+        with RewardSet(outcome_only) as rewards, episode_spec(cfg.environment, tokenizer) as episodes:
             return evaluate(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2),
-                            episodes=episode_spec(cfg.environment, tokenizer)).to_dict()
+                            episodes=episodes).to_dict()
     finally:
         sampler.close()
 
@@ -90,9 +90,9 @@ def task_accuracy(cfg: GrpoConfig, weights: str, tokenizer, pairs: PairSet, devi
     _, params = sampling_params(cfg)
     sampler = make_sampler(cfg, weights, tokenizer, device)
     try:
-        with RewardSet(replace(cfg.reward, process=None)) as rewards:
+        with RewardSet(replace(cfg.reward, process=None)) as rewards, episode_spec(cfg.environment, tokenizer) as episodes:
             samples = sample_and_score(sampler, prompts, rewards, params, seed=derived_seed(cfg.seed, 0, 2),
-                                       rows=range(len(prompts)), episodes=episode_spec(cfg.environment, tokenizer))
+                                       rows=range(len(prompts)), episodes=episodes)
     finally:
         sampler.close()
     correct = torch.tensor(samples.correct, dtype=torch.float) / params.n

@@ -39,7 +39,8 @@ def dry_run(cfg: GrpoConfig, config_yaml: str) -> list[str]:
         lines.append("rewards " + ", ".join(f"{name} ({'failed: ' + r.first_error if r.first_error else 'ok'})"
                                              for name, r in rewards.reports.items()))
     if cfg.environment.max_turns > 1:
-        lines.append(probe(episode_spec(cfg.environment, tokenizer), cfg.environment.name, batch.examples, batch.messages))
+        with episode_spec(cfg.environment, tokenizer) as episodes:
+            lines.append(probe(episodes, cfg.environment.name, batch.examples, batch.messages))
     if resume_from:
         lines.append(f"resumes from {resume_from}")
     return lines

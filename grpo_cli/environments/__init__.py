@@ -13,6 +13,7 @@ from grpo_cli.environments.feedback import Feedback
 from grpo_cli.environments.render import check_appendable, turn_ids
 from grpo_cli.errors import UserError
 from grpo_cli.environments.runner import EpisodeSpec, run_episodes
+from grpo_cli.environments.workers import LocalSteps, StepWorkers
 from grpo_cli.rewards.catalog import is_user_path, load_user_function
 
 ENVIRONMENTS: dict[str, Callable[..., Environment]] = {
@@ -31,8 +32,10 @@ def episode_spec(env_cfg: EnvironmentConfig, tokenizer) -> EpisodeSpec:
     if env_cfg.max_turns > 1:
         check_appendable(tokenizer)
     make = functools.partial(environment_class(env_cfg.name), **dict(env_cfg.kwargs))
+    pooled = env_cfg.max_turns > 1 and env_cfg.workers > 0
+    steps = StepWorkers(env_cfg.name, env_cfg.workers, env_cfg.timeout) if pooled else LocalSteps()
     return EpisodeSpec(make=make, max_turns=env_cfg.max_turns, max_total_tokens=env_cfg.max_total_tokens,
-                       turn_discount=env_cfg.turn_discount, tokenizer=tokenizer)
+                       turn_discount=env_cfg.turn_discount, tokenizer=tokenizer, steps=steps)
 
 
 def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[dict]]) -> str:
@@ -43,9 +46,9 @@ def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[di
             env = spec.make()
             env.reset(row)
             history = [*prompt, {"role": "assistant", "content": ""}]
-            observation = env.step(history)
-            if not isinstance(observation, Observation):
-                raise TypeError(f"step returned {type(observation).__name__}, not an Observation")
+            _, observation, error = spec.steps.step([env], [history])[0]
+            if error is not None:
+                raise UserError(f"environment {name} failed on a data row: {error}")
             if observation.messages:
                 turn_ids(spec.tokenizer, history, observation.messages)
         except UserError:

@@ -10,19 +10,30 @@ template over the row's columns and `{attempt}` (the model's last turn), or a us
 
 from __future__ import annotations
 
+import functools
+
 from grpo_cli.environments.base import Observation
 from grpo_cli.rewards.catalog import build, is_user_path, load_user_function
 
 CRITIQUE = "Not right. Try again."
 
 
+@functools.lru_cache(maxsize=None)
+def _function(name: str):
+    """A reward or critic by name, built once per process (the environment pickles by name)."""
+    return load_user_function(name) if is_user_path(name) else build(name, {})
+
+
 class Feedback:
     def __init__(self, check: str = "final_answer", correct_above: float = 0.5, critique: str = CRITIQUE,
                  critic: str | None = None):
-        self.check = build(check, {})
+        self.check = check
         self.correct_above = correct_above
         self.critique = critique
-        self.critic = load_user_function(critic) if critic and is_user_path(critic) else None
+        self.critic = critic
+        _function(check)  # a wrong name fails when the run starts
+        if critic:
+            _function(critic)
         self.row: dict = {}
 
     def reset(self, row: dict) -> None:
@@ -31,8 +42,11 @@ class Feedback:
 
     def step(self, messages: list[dict]) -> Observation:
         attempt = messages[-1]["content"]
-        value = self.check([""], [attempt], **{key: [value] for key, value in self.row.items()})[0]
+        value = _function(self.check)([""], [attempt], **{key: [value] for key, value in self.row.items()})[0]
         if value is not None and value > self.correct_above:
             return Observation(done=True)
-        text = self.critic(self.row, attempt) if self.critic else self.critique.format_map({**self.row, "attempt": attempt})
+        if self.critic:
+            text = _function(self.critic)(self.row, attempt)
+        else:
+            text = self.critique.format_map({**self.row, "attempt": attempt})
         return Observation(messages=[{"role": "user", "content": text}])

@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from grpo_cli.environments.base import Environment, Observation
+from grpo_cli.environments.base import Environment
+from grpo_cli.environments.workers import LocalSteps, StepWorkers
 from grpo_cli.environments.render import turn_ids
 from grpo_cli.metrics import console
 from grpo_cli.sampler import SamplingParams
@@ -32,7 +33,17 @@ class EpisodeSpec:
     max_total_tokens: int
     turn_discount: float
     tokenizer: object
+    steps: LocalSteps | StepWorkers = field(default_factory=LocalSteps)
     warned: set = field(default_factory=set)  # the first error is printed once per run
+
+    def close(self) -> None:
+        self.steps.close()
+
+    def __enter__(self) -> "EpisodeSpec":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
 
 @dataclass
@@ -73,8 +84,7 @@ def run_episodes(sampler, batch: PromptBatch, params: SamplingParams, seeds: lis
     episodes = _start(first, batch, spec)
     budget = spec.max_total_tokens or spec.max_turns * params.max_new_tokens
     for turn in range(2, spec.max_turns + 1):
-        for episode in (e for e in episodes if not e.done):
-            _answer(episode, spec, budget)
+        _answer([e for e in episodes if not e.done], spec, budget)
         live = [i for i, e in enumerate(episodes) if not e.done]
         if not live:
             break
@@ -82,17 +92,22 @@ def run_episodes(sampler, batch: PromptBatch, params: SamplingParams, seeds: lis
         contexts = PromptBatch(prompt_ids=[_prompt(first, i) + episodes[i].tokens for i in live],
                                prompts=[""] * len(live), examples=[episodes[i].row for i in live])
         drawn = sampler.generate(contexts, replace(params, n=1, max_new_tokens=min(params.max_new_tokens, room)),
-                                 seeds=[hash((seeds[int(first.group_ids[i])], i, turn)) % 2**62 for i in live])
+                                 seeds=[_turn_seed(seeds, first, i, params.n, turn) for i in live])
         for row, i in enumerate(live):
             _take(episodes[i], drawn, row, budget, last=turn == spec.max_turns)
-    for episode in (e for e in episodes if e.ended_by == "turns"):  # its reward for the final answer
-        _answer(episode, spec, budget=0)
+    _answer([e for e in episodes if e.ended_by == "turns"], spec, budget=0)  # their reward for the final answer
     failed = [e.error for e in episodes if e.error]
     if failed and not spec.warned:
         spec.warned.add("step")
-        console.print(f"[yellow]warning:[/] the environment's step raised in {len(failed)} of {len(episodes)} episodes "
+        console.print(f"[yellow]warning:[/] the environment's step failed in {len(failed)} of {len(episodes)} episodes "
                       f"(each ends there, counted in episode/env_errors): {failed[0]}")
     return _assemble(first, episodes, spec)
+
+
+def _turn_seed(seeds: list[int], first: Rollouts, i: int, n: int, turn: int) -> int:
+    """From the prompt's seed, the episode's place in its group and the turn only: a rank that
+    holds a share of the prompts draws what the whole batch would."""
+    return hash((seeds[int(first.group_ids[i])], i % n, turn)) % 2**62
 
 
 def _start(first: Rollouts, batch: PromptBatch, spec: EpisodeSpec) -> list[Episode]:
@@ -119,26 +134,25 @@ def _take(episode: Episode, drawn: Rollouts, row: int, budget: int | None, last:
         episode.ended_by = "turns"
 
 
-def _answer(episode: Episode, spec: EpisodeSpec, budget: int) -> None:
-    """The environment's answer to the model's last turn, appended unless the episode ends."""
-    try:
-        observation = episode.env.step(episode.messages)
-    except Exception as error:  # user code fails in its own ways; it costs this episode, not the run
-        episode.ended_by, episode.error = "error", f"{type(error).__name__}: {error}"
-        return
-    if not isinstance(observation, Observation):
-        episode.ended_by, episode.error = "error", f"step returned {type(observation).__name__}, not an Observation"
-        return
-    _reward(episode, observation)
-    if observation.done or not observation.messages or episode.ended_by == "turns":
-        episode.ended_by = episode.ended_by or "environment"
-        return
-    ids = turn_ids(spec.tokenizer, episode.messages, observation.messages)
-    episode.messages = [*episode.messages, *observation.messages]
-    if len(episode.tokens) + len(ids) >= budget:  # no room left for the model to answer
-        episode.ended_by = "budget"
-        return
-    episode.add(ids, None)
+def _answer(episodes: list[Episode], spec: EpisodeSpec, budget: int) -> None:
+    """The environment's answer to each episode's last model turn (all stepped at once),
+    appended unless the episode ends."""
+    outcomes = spec.steps.step([e.env for e in episodes], [e.messages for e in episodes])
+    for episode, (env, observation, error) in zip(episodes, outcomes):
+        episode.env = env  # a worker's step hands the environment back with its new state
+        if error is not None:  # it costs this episode, not the run
+            episode.ended_by, episode.error = "error", error
+            continue
+        _reward(episode, observation)
+        if observation.done or not observation.messages or episode.ended_by == "turns":
+            episode.ended_by = episode.ended_by or "environment"
+            continue
+        ids = turn_ids(spec.tokenizer, episode.messages, observation.messages)
+        episode.messages = [*episode.messages, *observation.messages]
+        if len(episode.tokens) + len(ids) >= budget:  # no room left for the model to answer
+            episode.ended_by = "budget"
+            continue
+        episode.add(ids, None)
 
 
 def _reward(episode: Episode, observation) -> None:

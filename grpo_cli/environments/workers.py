@@ -1,0 +1,77 @@
+"""Environment steps in worker processes, each under environment.timeout.
+
+An environment is user code: a step that raises, hangs or ends its process must cost its
+episode, never the run. Each live episode's environment object travels to a worker with the
+conversation, takes its step there and travels back with its new state (so it must pickle);
+pebble kills a worker that overruns the limit and starts a fresh one. `environment.workers=0`
+steps in the trainer's process, without a time limit, for a debugger.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from grpo_cli.environments.base import Observation
+from grpo_cli.rewards.catalog import is_user_path, load_user_function
+from grpo_cli.rewards.workers import describe
+
+Outcome = tuple[object, Observation | None, str | None]  # (the environment after its step, its answer, the error)
+
+
+def take_step(env, messages: list[dict]) -> Outcome:
+    """One step, its failure named; in a worker or in the trainer's process."""
+    try:
+        observation = env.step(messages)
+    except SystemExit as exit_:
+        return env, None, f"the environment called sys.exit({exit_.code})"
+    except Exception as error:  # user code fails in its own ways
+        return env, None, describe(error)
+    if not isinstance(observation, Observation):
+        return env, None, f"step returned {type(observation).__name__}, not an Observation"
+    return env, observation, None
+
+
+def _start(name: str) -> None:
+    """Worker initialiser: a user's module is imported under the name the trainer gave it, so
+    its environment objects unpickle here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
+    if is_user_path(name):
+        load_user_function(name)
+
+
+class LocalSteps:
+    def step(self, envs: list, histories: list[list[dict]]) -> list[Outcome]:
+        return [take_step(env, messages) for env, messages in zip(envs, histories)]
+
+    def close(self) -> None:
+        """Nothing runs beside the trainer."""
+
+
+class StepWorkers:
+    def __init__(self, name: str, workers: int, timeout: float):
+        from pebble import ProcessPool
+
+        self.timeout = timeout
+        # forkserver, not fork: the trainer holds torch threads a fork would copy half-alive.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(name,),
+                                context=multiprocessing.get_context(method))
+
+    def step(self, envs: list, histories: list[list[dict]]) -> list[Outcome]:
+        futures = [self.pool.schedule(take_step, args=(env, messages), timeout=self.timeout)
+                   for env, messages in zip(envs, histories)]
+        outcomes = []
+        for env, future in zip(envs, futures):
+            try:
+                outcomes.append(future.result())
+            except FutureTimeout:
+                outcomes.append((env, None, f"timed out after {self.timeout:g}s (environment.timeout)"))
+            except Exception as error:  # a worker that died, or an object that would not pickle
+                outcomes.append((env, None, describe(error)))
+        return outcomes
+
+    def close(self) -> None:
+        self.pool.stop()
+        self.pool.join()
