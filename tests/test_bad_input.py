@@ -91,7 +91,7 @@ CASES = [
     (train("algorithm=nope"), 2, "available: cispo, dapo"),
     (train("reward=nope"), 2, "available: arithmetic"),
     (train("sampler=nope"), 2, "available: hf, vllm"),
-    (train("+recipe=nope"), 2, "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, gr_dpo, gsm8k"),
+    (train("+recipe=nope"), 2, "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, gr_dpo"),
     (train("+recipe=broken"), 2, "recipe broken ({root}/recipes/broken.yaml) is not valid YAML"),
     (train("eval.top_p=-1"), 2, "eval.top_p=-1.0 must lie in (0, 1]"),
     (train("eval.num_prompts=-1"), 2, "eval.num_prompts=-1 must be >= 0"),
