@@ -225,12 +225,16 @@ def _validate_environment(cfg: GrpoConfig) -> None:
     _require(env.max_total_tokens >= 0, f"environment.max_total_tokens={env.max_total_tokens} must be >= 0 "
                                         f"(0: max_turns x sampler.max_new_tokens)")
     _require(0 < env.turn_discount <= 1, f"environment.turn_discount={env.turn_discount} must lie in (0, 1]")
+    _require(env.workers >= 0, f"environment.workers={env.workers} must be >= 0 (0: steps in the trainer's process)")
+    _require(env.timeout > 0, f"environment.timeout={env.timeout} must be > 0 seconds")
     if env.max_turns == 1:
         return
     _require(cfg.data.chat_template, "multi-turn episodes (environment.max_turns > 1) need data.chat_template=true")
     _require(cfg.algorithm.advantage != "process", "algorithm.advantage=process scores the steps of one completion; "
                                                    "use environment.max_turns=1 with it")
     try:
+        if is_user_path(env.name):
+            probe_user_module(env.name)  # a module that exits, crashes or hangs on import fails in a child
         environment_class(env.name)(**dict(env.kwargs))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"environment {env.name} with kwargs {dict(env.kwargs)}: {error}") from error

@@ -101,6 +101,12 @@ CASES = [
     (train("data.template='{}'"), 2, "an empty {} names no column"),
     (train("reward.functions=[{name:'no_such_module_xyz:f'}]"), 2, "cannot import 'no_such_module_xyz'"),
     (train("model.name_or_path=/no/such/model"), 2, "model path /no/such/model does not exist"),
+    (train("environment.name=nope"), 2, "environment.name='nope' is not an environment: use one of feedback"),
+    (train("environment.max_turns=0"), 2, "environment.max_turns=0 must be >= 1"),
+    (train("environment=feedback", "environment.turn_discount=0"), 2, "environment.turn_discount=0.0 must lie in (0, 1]"),
+    (train("environment=feedback", "environment.timeout=0"), 2, "environment.timeout=0.0 must be > 0 seconds"),
+    (train("environment=feedback", "environment.name={root}/missing.py:Env"), 2, "file {root}/missing.py does not exist"),
+    (train("environment=feedback", "+environment.kwargs.nope=1"), 2, "unexpected keyword argument 'nope'"),
     # data files
     (train("data.path={root}/missing.jsonl"), 2, "does not exist; check data.path"),
     (train("data.path={root}/empty.jsonl"), 2, "has no rows"),

@@ -90,7 +90,7 @@ def test_a_batch_answer_of_the_wrong_length_is_retried_row_by_row(user_file):
 
 
 @pytest.mark.parametrize("name, fragment", [
-    ("missing_file.py:fn", "reward file missing_file.py does not exist"),
+    ("missing_file.py:fn", "file missing_file.py does not exist"),
     ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'"),
     ("json:no_such_function", "json has no function 'no_such_function'"),
     ("nope", "reward.functions[0].name='nope' is not a reward"),

@@ -58,7 +58,7 @@ def load_user_function(name: str) -> Callable:
     target, _, attribute = name.rpartition(":")
     if target.endswith(".py"):
         if not os.path.isfile(target):
-            raise ValueError(f"reward file {target} does not exist")
+            raise ValueError(f"file {target} does not exist")
         module_name = "grpo_user_reward_" + os.path.splitext(os.path.basename(target))[0]
         spec = importlib.util.spec_from_file_location(module_name, target)
         module = importlib.util.module_from_spec(spec)
@@ -66,14 +66,14 @@ def load_user_function(name: str) -> Callable:
         try:
             spec.loader.exec_module(module)
         except SystemExit as exit_:  # the user's module ended itself: its failure, not ours
-            raise ValueError(f"reward file {target} called sys.exit({exit_.code}) when imported") from None
+            raise ValueError(f"file {target} called sys.exit({exit_.code}) when imported") from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as error:
-            raise ValueError(f"cannot import {target!r} for reward {name}: {error}") from error
+            raise ValueError(f"cannot import {target!r} for {name}: {error}") from error
         except SystemExit as exit_:
-            raise ValueError(f"reward module {target} called sys.exit({exit_.code}) when imported") from None
+            raise ValueError(f"module {target} called sys.exit({exit_.code}) when imported") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"{target} has no function {attribute!r}")
