@@ -3,8 +3,9 @@ half of every mini-batch under FSDP2, must log what one process logs for the sam
 The cases cover the global statistics the ranks must share: the KL reference and μ = 2
 (ℓ_old recomputed, ratios off 1), DAPO's dynamic sampling with an odd number of prompts
 (uneven shares) and micro-batches by token budget (uneven micro-batch counts), and
-REINFORCE++'s batch-wide advantage normalisation, and LoRA (adapters sharded, the reference
-being the adapters switched off, merged weights pushed and saved)."""
+REINFORCE++'s batch-wide advantage normalisation, LoRA (adapters sharded, the reference
+being the adapters switched off, merged weights pushed and saved), and two-turn episodes with
+text feedback (each rank runs the episodes of its prompts)."""
 
 import json
 import os
@@ -23,6 +24,8 @@ CASES = {
     "dapo_uneven": ["algorithm=dapo", "trainer.prompts_per_step=5", "trainer.micro_batch_tokens=300"],
     "reinforce_pp": ["algorithm=reinforce_pp", "trainer.prompts_per_step=4", "algorithm.mini_batches=2"],
     "lora": ["model.lora.rank=4", "trainer.lr=3e-3", "trainer.prompts_per_step=4", "algorithm.epochs=2"],
+    "feedback": ["environment=feedback", "environment.max_total_tokens=160", "environment.workers=1",
+                 "trainer.prompts_per_step=4"],
 }
 
 

@@ -19,8 +19,9 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("extra", [[], ["algorithm.ref_reset_every=1", "algorithm.ref_mix_alpha=0.6"]],
-                         ids=["grpo", "reference-reset"])
+@pytest.mark.parametrize("extra", [[], ["algorithm.ref_reset_every=1", "algorithm.ref_mix_alpha=0.6"],
+                                   ["environment=feedback", "environment.max_total_tokens=160"]],
+                         ids=["grpo", "reference-reset", "feedback-episodes"])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     run_dir = tmp_path / "run"
     assert main(["train", f"output_dir={run_dir}", *RUN, *extra]) == 0
