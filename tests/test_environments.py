@@ -161,6 +161,11 @@ class Hanging:
         time.sleep(60)
 
 
+class SlowReset(Hanging):
+    def reset(self, row):
+        time.sleep(60)
+
+
 class Counting:
     \"\"\"Keeps a count in its own state: it must come back from the worker with the episode.\"\"\"
 
@@ -183,6 +188,10 @@ def test_environment_steps_run_in_workers_under_a_time_limit(sampler, eval_promp
     with episode_spec(hanging.environment, tokenizer) as episodes:
         out = run_episodes(sampler, eval_prompts.take([0, 1]), PARAMS, seeds(10, 2), episodes)
     assert torch.equal(out.env_failed, ~out.truncated) and out.env_failed.any() and (out.turns == 1).all()
+    slow = make_cfg(f"environment.name={tmp_path}/envs.py:SlowReset", "environment.timeout=1", *common)
+    with episode_spec(slow.environment, tokenizer) as episodes:
+        out = run_episodes(sampler, eval_prompts.take([0]), PARAMS, seeds(10, 1), episodes)
+    assert out.env_failed.all() and (out.turns == 1).all()  # each keeps its first turn and ends there
     counting = make_cfg(f"environment.name={tmp_path}/envs.py:Counting", *common)
     with episode_spec(counting.environment, tokenizer) as episodes:
         out = run_episodes(sampler, eval_prompts.take([0, 1]), PARAMS, seeds(11, 2), episodes)

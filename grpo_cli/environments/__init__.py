@@ -43,10 +43,10 @@ def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[di
     reports. A reset or step that raises, or an answer the template cannot render, fails here."""
     for row, prompt in zip(rows, messages):
         try:
-            env = spec.make()
-            env.reset(row)
+            env, _, error = spec.steps.reset([spec.make()], [row])[0]
             history = [*prompt, {"role": "assistant", "content": ""}]
-            _, observation, error = spec.steps.step([env], [history])[0]
+            if error is None:
+                _, observation, error = spec.steps.step([env], [history])[0]
             if error is not None:
                 raise UserError(f"environment {name} failed on a data row: {error}")
             if observation.messages:

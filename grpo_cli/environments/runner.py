@@ -111,12 +111,15 @@ def _turn_seed(seeds: list[int], first: Rollouts, i: int, n: int, turn: int) -> 
 
 
 def _start(first: Rollouts, batch: PromptBatch, spec: EpisodeSpec) -> list[Episode]:
+    """An environment per episode, reset on its row (in the workers), and the first turn."""
+    groups = first.group_ids.tolist()
+    outcomes = spec.steps.reset([spec.make() for _ in groups], [batch.examples[g] for g in groups])
     episodes = []
-    for i, group in enumerate(first.group_ids.tolist()):
-        env = spec.make()
-        env.reset(batch.examples[group])
+    for i, (group, (env, _, error)) in enumerate(zip(groups, outcomes)):
         episode = Episode(row=batch.examples[group], env=env, messages=list(batch.messages[group]))
         _take(episode, first, i, budget=None, last=spec.max_turns == 1)
+        if error is not None:  # the episode keeps its first turn and ends there
+            episode.ended_by, episode.error = "error", error
         episodes.append(episode)
     return episodes
 

@@ -1,7 +1,7 @@
 """Environment steps in worker processes, each under environment.timeout.
 
-An environment is user code: a step that raises, hangs or ends its process must cost its
-episode, never the run. Each live episode's environment object travels to a worker with the
+An environment is user code: a reset or step that raises, hangs or ends its process must cost
+its episode, never the run. Each live episode's environment object travels to a worker with the
 conversation, takes its step there and travels back with its new state (so it must pickle);
 pebble kills a worker that overruns the limit and starts a fresh one. `environment.workers=0`
 steps in the trainer's process, without a time limit, for a debugger.
@@ -17,20 +17,29 @@ from grpo_cli.environments.base import Observation
 from grpo_cli.rewards.catalog import is_user_path, load_user_function
 from grpo_cli.rewards.workers import describe
 
-Outcome = tuple[object, Observation | None, str | None]  # (the environment after its step, its answer, the error)
+Outcome = tuple[object, Observation | None, str | None]  # (the environment after the call, its answer, the error)
+
+
+def _call(env, method: str, argument) -> tuple[object, object, str | None]:
+    try:
+        return env, getattr(env, method)(argument), None
+    except SystemExit as exit_:
+        return env, None, f"{method} called sys.exit({exit_.code})"
+    except Exception as error:  # user code fails in its own ways
+        return env, None, f"{method}: {describe(error)}"
 
 
 def take_step(env, messages: list[dict]) -> Outcome:
     """One step, its failure named; in a worker or in the trainer's process."""
-    try:
-        observation = env.step(messages)
-    except SystemExit as exit_:
-        return env, None, f"the environment called sys.exit({exit_.code})"
-    except Exception as error:  # user code fails in its own ways
-        return env, None, describe(error)
-    if not isinstance(observation, Observation):
-        return env, None, f"step returned {type(observation).__name__}, not an Observation"
-    return env, observation, None
+    env, observation, error = _call(env, "step", messages)
+    if error is None and not isinstance(observation, Observation):
+        error = f"step returned {type(observation).__name__}, not an Observation"
+    return env, observation if error is None else None, error
+
+
+def take_reset(env, row: dict) -> Outcome:
+    env, _, error = _call(env, "reset", row)
+    return env, None, error
 
 
 def _start(name: str) -> None:
@@ -44,6 +53,9 @@ def _start(name: str) -> None:
 class LocalSteps:
     def step(self, envs: list, histories: list[list[dict]]) -> list[Outcome]:
         return [take_step(env, messages) for env, messages in zip(envs, histories)]
+
+    def reset(self, envs: list, rows: list[dict]) -> list[Outcome]:
+        return [take_reset(env, row) for env, row in zip(envs, rows)]
 
     def close(self) -> None:
         """Nothing runs beside the trainer."""
@@ -60,8 +72,14 @@ class StepWorkers:
                                 context=multiprocessing.get_context(method))
 
     def step(self, envs: list, histories: list[list[dict]]) -> list[Outcome]:
-        futures = [self.pool.schedule(take_step, args=(env, messages), timeout=self.timeout)
-                   for env, messages in zip(envs, histories)]
+        return self._map(take_step, envs, histories)
+
+    def reset(self, envs: list, rows: list[dict]) -> list[Outcome]:
+        return self._map(take_reset, envs, rows)
+
+    def _map(self, call, envs: list, arguments: list) -> list[Outcome]:
+        futures = [self.pool.schedule(call, args=(env, argument), timeout=self.timeout)
+                   for env, argument in zip(envs, arguments)]
         outcomes = []
         for env, future in zip(envs, futures):
             try:
