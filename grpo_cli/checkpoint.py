@@ -103,32 +103,33 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def saved_by(objective: str, algorithm: str, lora: bool) -> dict:
-    """What a checkpoint records about the run that saved it; a resume must match it."""
-    return {"objective": objective, "algorithm": algorithm, "lora": lora}
-
-
 def verify(path: Path, key: str, resuming_as: dict | None = None) -> None:
     """Raise UserError unless `path` is whole: its tokenizer files, every safetensors header
     (which must cover its file) and, on resume, its trainer state, saved by a run of the same
-    objective with LoRA on or off as in `resuming_as` (saved_by's dict). `key` is the setting
-    that named it (resume, checkpoint), for the hint."""
+    objective with LoRA on or off as in `resuming_as` (the driver's saved_by). `key` is the
+    setting that named it (resume, checkpoint), for the hint."""
     path = Path(path)
     if not (path / TOKENIZER_FILE).is_file():
         raise UserError(f"checkpoint {path} has no tokenizer files ({TOKENIZER_FILE} missing); copy them from the "
                         f"base model's folder into it, or give {key} a complete step_<N> folder")
-    problem = damage(path, with_state=resuming_as is not None)
+    problem, state = _weights_damage(path), None
+    if problem is None and resuming_as is not None:
+        state, problem = _open_state(path)
     if problem:
         earlier = intact_before(path)
         hint = (f"the newest intact one before it is {earlier}: {key}={earlier}" if earlier
                 else "no earlier checkpoint of its run is intact")
         raise UserError(f"checkpoint {path} is damaged ({problem}); {hint}")
-    if resuming_as is not None:
-        _check_saved_by(path, resuming_as)
+    if state is not None:
+        _check_saved_by(path, state.get("saved_by") or {}, resuming_as)
 
 
 def damage(path: Path, with_state: bool) -> str | None:
     """What is wrong with a checkpoint's files, or None."""
+    return _weights_damage(path) or (_open_state(path)[1] if with_state else None)
+
+
+def _weights_damage(path: Path) -> str | None:
     files = sorted(path.glob("*.safetensors")) + sorted((path / ADAPTER_DIR).glob("*.safetensors"))
     if not files:
         return "no *.safetensors weights"
@@ -138,12 +139,16 @@ def damage(path: Path, with_state: bool) -> str | None:
                 pass
         except Exception as error:  # safetensors reports a cut or garbled file with several types
             return f"{file.relative_to(path)}: {one_line(error)}"
-    if with_state:
-        try:  # mmap: the optimizer's tensors are not read, only the archive and its index
-            torch.load(path / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
-        except Exception as error:  # a cut archive or pickle fails with several types
-            return f"{STATE_FILE} cannot be read: {one_line(error)}"
     return None
+
+
+def _open_state(path: Path) -> tuple[dict | None, str | None]:
+    """The trainer state, or what stops it from loading. mmap: the optimizer's tensors are not
+    read, only the archive and its index."""
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False, mmap=True), None
+    except Exception as error:  # a cut archive or pickle fails with several types
+        return None, f"{STATE_FILE} cannot be read: {one_line(error)}"
 
 
 def intact_before(path: Path) -> Path | None:
@@ -155,9 +160,7 @@ def intact_before(path: Path) -> Path | None:
     return next((p for p in reversed(older) if damage(p, with_state=True) is None), None)
 
 
-def _check_saved_by(path: Path, resuming_as: dict) -> None:
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
-    saved = state.get("saved_by") or {}
+def _check_saved_by(path: Path, saved: dict, resuming_as: dict) -> None:
     start_new = f"drop resume and start a new run with model.name_or_path={path}"
     if saved.get("objective", resuming_as["objective"]) != resuming_as["objective"]:
         raise UserError(f"checkpoint {path} was saved by a {saved['algorithm']} run (algorithm.objective="

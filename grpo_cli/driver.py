@@ -110,7 +110,8 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
 
 
 def saved_by(cfg: GrpoConfig) -> dict:
-    return checkpoint.saved_by(cfg.algorithm.objective, cfg.algorithm.name, cfg.model.lora.rank > 0)
+    """What a checkpoint records about the run that saved it; a resume must match it."""
+    return {"objective": cfg.algorithm.objective, "algorithm": cfg.algorithm.name, "lora": cfg.model.lora.rank > 0}
 
 
 def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:

@@ -9,13 +9,12 @@ steps in the trainer's process, without a time limit, for a debugger.
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from grpo_cli.environments.base import Observation
 from grpo_cli.rewards.catalog import is_user_path, load_user_function
-from grpo_cli.rewards.workers import describe
+from grpo_cli.rewards.workers import describe, worker_context
 
 Outcome = tuple[object, Observation | None, str | None]  # (the environment after the call, its answer, the error)
 
@@ -66,10 +65,7 @@ class StepWorkers:
         from pebble import ProcessPool
 
         self.timeout = timeout
-        # forkserver, not fork: the trainer holds torch threads a fork would copy half-alive.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(name,),
-                                context=multiprocessing.get_context(method))
+        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(name,), context=worker_context())
 
     def step(self, envs: list, histories: list[list[dict]]) -> list[Outcome]:
         return self._map(take_step, envs, histories)

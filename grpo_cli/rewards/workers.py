@@ -107,6 +107,18 @@ def call_rows(function: Callable, prompts: list, completions: list, columns: dic
     return values, errors
 
 
+def worker_context():
+    """How worker processes start, for the reward and the environment pools alike. forkserver,
+    not fork: the trainer holds torch threads (and maybe CUDA), which a fork would copy
+    half-alive. The server preloads this module, so a worker that replaces a killed one starts
+    in milliseconds instead of re-importing everything."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["grpo_cli.rewards.workers"])
+        return context
+    return multiprocessing.get_context("spawn")  # Windows
+
+
 def _start(specs: list[tuple[str, dict] | None]) -> None:
     """Worker initialiser; None marks a function that runs in the trainer's process."""
     global _FUNCTIONS
@@ -135,15 +147,7 @@ class RewardWorkers:
         # Only user functions can be async; building one here imports the user's module once.
         self.is_async = [spec is not None and is_user_path(spec[0]) and inspect.iscoroutinefunction(build(*spec))
                          for spec in specs]
-        # forkserver, not fork: the trainer holds torch threads (and maybe CUDA), which a fork
-        # would copy half-alive. The server preloads this module, so a worker that replaces a
-        # killed one starts in milliseconds instead of re-importing everything.
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["grpo_cli.rewards.workers"])
-        else:  # Windows
-            context = multiprocessing.get_context("spawn")
-        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(specs,), context=context)
+        self.pool = ProcessPool(max_workers=workers, initializer=_start, initargs=(specs,), context=worker_context())
 
     def run(self, index: int, prompts: list, completions: list, columns: dict) -> CallReport:
         report = CallReport(values=[None] * len(completions))
