@@ -27,7 +27,7 @@ from grpo_cli.errors import ConfigError
 
 # Keys whose values are file system paths, taken literally whatever letters they hold.
 PATH_KEYS = ("output_dir", "resume", "model.name_or_path", "data.path", "data.eval_path", "eval.checkpoint",
-             "eval.output", "score.completions", "score.output")
+             "eval.output", "score.completions", "score.output", "environment.response_template")
 
 # Keys that moved into a block: the old spelling is told the new one.
 RENAMED = {

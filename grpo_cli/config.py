@@ -115,6 +115,10 @@ class EnvironmentConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the environment's constructor
     workers: int = 2  # processes that run the environment's steps; 0 = in the trainer's process (no time limit)
     timeout: float = 30.0  # seconds per step; a step over it ends its episode, not the run
+    tools: list[str] = field(default_factory=list)  # functions the model may call: add | file.py:fn | module:fn
+    tool_timeout: float = 10.0  # seconds per tool call; a call over it answers with an error, the episode goes on
+    tool_max_chars: int = 1000  # a longer tool result answers with an error instead
+    response_template: Optional[str] = None  # JSON file that reads tool calls (default: the tokenizer's own)
 
 
 @dataclass

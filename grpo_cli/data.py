@@ -147,9 +147,10 @@ def with_reference(row: dict, data_cfg: DataConfig, where: str) -> dict:
 class PromptRenderer:
     """Row -> prompt text -> token ids, as configured by the `data` group."""
 
-    def __init__(self, data_cfg: DataConfig, tokenizer):
+    def __init__(self, data_cfg: DataConfig, tokenizer, tools: list[dict] | None = None):
         self.cfg = data_cfg
         self.tokenizer = tokenizer
+        self.tools = tools or None  # JSON schemas the chat template offers the model
         if data_cfg.chat_template and not getattr(tokenizer, "chat_template", None):
             raise UserError("the tokenizer has no chat template; set data.chat_template=false")
 
@@ -163,7 +164,7 @@ class PromptRenderer:
             return "\n\n".join(m["content"] for m in messages)
         if self.cfg.system_prompt and messages[0].get("role") != "system":
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, tools=self.tools, add_generation_prompt=True, tokenize=False)
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=not self.cfg.chat_template)["input_ids"]
@@ -190,8 +191,10 @@ class PromptSet:
                            messages=[self.messages[i] for i in index] if self.messages else [])
 
 
-def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: int = 0) -> PromptSet:
-    """Read, check the columns the template and rewards need, render and tokenize."""
+def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: int = 0,
+                 tools: list[dict] | None = None) -> PromptSet:
+    """Read, check the columns the template and rewards need, render (offering `tools`, JSON
+    schemas, through the chat template) and tokenize."""
     rows = load_rows(path, split, data_cfg.subset)
     fields = template_fields(data_cfg.template)
     checked = []
@@ -208,7 +211,7 @@ def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: 
                 raise UserError(f"{where}: column {not_text[0]!r} holds a {type(row[not_text[0]]).__name__}, not text; "
                                 f"give text, or chat messages [{{role, content}}, ...] under data.prompt_key")
         checked.append(with_reference(row, data_cfg, where))
-    renderer = PromptRenderer(data_cfg, tokenizer)
+    renderer = PromptRenderer(data_cfg, tokenizer, tools)
     kept, seen = PromptSet([], [], [], 0), set()
     for row in checked[:limit] if limit else checked:
         messages = renderer.messages(row)

@@ -8,7 +8,7 @@ general form is kept so that more samples than k can be drawn.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -37,9 +37,11 @@ class EvalResult:
     mean_reward: float
     mean_length: float
     truncated_fraction: float
+    tool_call_rate: float | None = None  # with tools: the share of episodes that called one
+    tool_ok_rate: float | None = None  # the share of calls that ran and answered
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     def record(self) -> dict[str, float]:
         """The figures as metrics.jsonl keys."""
@@ -54,12 +56,15 @@ class EvalSamples:
     rewards: list[float]  # per completion; NaN where no reward had an opinion
     lengths: list[int]
     truncated: list[bool]
+    tool_stats: list[list[int]] = field(default_factory=list)  # per completion: calls, failed, timed out
 
     @staticmethod
     def merge(parts: list["EvalSamples"]) -> "EvalSamples":
-        return EvalSamples(*(sum((getattr(p, f) for p in parts), []) for f in ("correct", "rewards", "lengths", "truncated")))
+        return EvalSamples(*(sum((getattr(p, f.name) for p in parts), []) for f in fields(EvalSamples)))
 
     def summary(self, k: int) -> EvalResult:
+        tools = torch.tensor(self.tool_stats).view(-1, 3)
+        calls = int(tools[:, 0].sum())
         return EvalResult(
             accuracy=sum(self.correct) / (len(self.correct) * k),
             pass_at_k=sum(pass_at_k(k, c, k) for c in self.correct) / len(self.correct),
@@ -68,6 +73,8 @@ class EvalSamples:
             mean_reward=float(torch.tensor(self.rewards).nanmean()),
             mean_length=float(torch.tensor(self.lengths, dtype=torch.float).mean()),
             truncated_fraction=float(torch.tensor(self.truncated, dtype=torch.float).mean()),
+            tool_call_rate=float((tools[:, 0] > 0).float().mean()) if self.tool_stats else None,
+            tool_ok_rate=(calls - int(tools[:, 1:].sum())) / calls if calls else None,
         )
 
 
@@ -85,6 +92,7 @@ def sample_and_score(sampler, prompts: PromptSet, rewards: RewardSet, params: Sa
         out.rewards += scores.total.tolist()
         out.lengths += rollouts.completion_lengths.tolist()
         out.truncated += rollouts.truncated.tolist()
+        out.tool_stats += rollouts.tool_stats.tolist() if rollouts.tool_stats is not None else []
     return out
 
 

@@ -94,20 +94,22 @@ class ProgressBar:
 
 
 def results_table(title: str, rows: dict[str, dict]) -> Table:
-    """rows: label -> {metric: value}; one column per metric."""
+    """rows: label -> {metric: value}; one column per metric any row has ("–" where a row has none)."""
     table = Table(title=title)
-    keys = list(next(iter(rows.values())))
+    keys = list(dict.fromkeys(key for values in rows.values() for key in values))
     table.add_column("")
     for key in keys:
         table.add_column(key, justify="right")
+    cell = lambda value: "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)  # noqa: E731
     for label, values in rows.items():
-        table.add_row(label, *[f"{values[k]:.4f}" if isinstance(values[k], float) else str(values[k]) for k in keys])
+        table.add_row(label, *[cell(values.get(k)) for k in keys])
     return table
 
 
 def headline(result: dict) -> dict:
     """The results table's columns for a run's or a checkpoint's figures: task accuracy, or
     per-group preference accuracy."""
-    keys = ("accuracy", "pass_at_k", "k", "n", "mean_length", "worst_group_accuracy", "mean_group_accuracy")
+    keys = ("accuracy", "pass_at_k", "k", "n", "mean_length", "tool_call_rate", "tool_ok_rate", "worst_group_accuracy",
+            "mean_group_accuracy")
     groups = {name: v["preference_accuracy"] for name, v in result.get("groups", {}).items()}
     return {**{k: result[k] for k in keys if k in result}, **groups}

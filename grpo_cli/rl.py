@@ -238,6 +238,20 @@ def episode_metrics(rollouts: Rollouts, scores: Scores) -> dict[str, float]:
         "episode/env_tokens": float(rollouts.env_mask.sum(-1).float().mean()),
         "episode/ended_by_budget": float(rollouts.truncated.float().mean()),
         "episode/env_errors": float(rollouts.env_failed.sum()),
+        **(tool_metrics(rollouts.tool_stats) if rollouts.tool_stats is not None else {}),
+    }
+
+
+def tool_metrics(tool_stats: torch.Tensor) -> dict[str, float]:
+    """Calls per episode, the share of episodes that called, the share of calls that ran and
+    answered (not unreadable, unknown, raised, too long or timed out), and the failures."""
+    calls, failed, timed_out = tool_stats.sum(0).tolist()
+    return {
+        "tool/calls_per_episode": float(tool_stats[:, 0].float().mean()),
+        "tool/call_rate": float((tool_stats[:, 0] > 0).float().mean()),
+        "tool/ok_rate": (calls - failed - timed_out) / calls if calls else 0.0,
+        "tool/errors": float(failed),
+        "tool/timeouts": float(timed_out),
     }
 
 

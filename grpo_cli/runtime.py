@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PromptSet, load_prompts
+from grpo_cli.environments.tools import tool_schemas
 from grpo_cli.errors import UserError, one_line
 from grpo_cli.metrics import console
 from grpo_cli.sampler import Sampler, SamplingParams, engine
@@ -117,7 +118,7 @@ def make_sampler(cfg: GrpoConfig, weights_path: str, tokenizer, device: torch.de
 def load_and_report(path: str, split: str, cfg: GrpoConfig, tokenizer, limit: int = 0) -> PromptSet:
     """load_prompts, saying on the console how many prompts were dropped and why, and refusing
     prompts that leave the generation no room within the model's positions."""
-    prompts = load_prompts(path, split, cfg.data, tokenizer, limit=limit)
+    prompts = load_prompts(path, split, cfg.data, tokenizer, limit=limit, tools=tool_schemas(list(cfg.environment.tools)))
     if prompts.dropped_too_long or prompts.dropped_duplicates:
         console.print(f"{path}: {len(prompts)} prompts; dropped {prompts.dropped_too_long} over "
                       f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} and {prompts.dropped_duplicates} duplicates")

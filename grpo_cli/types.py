@@ -83,6 +83,7 @@ class Rollouts:
     env_reward:       [N] float, the environment's summed reward (NaN: none given).
     reward_scale:     [N] float, what the episode's reward is multiplied by (turn discount).
     env_failed:       [N] bool, the environment's step raised (the episode ended there).
+    tool_stats:       [N, 3] long, tool calls, failed calls and timed-out calls (None without tools).
     """
 
     prompt_ids: torch.Tensor
@@ -99,6 +100,7 @@ class Rollouts:
     env_reward: torch.Tensor | None = None
     reward_scale: torch.Tensor | None = None
     env_failed: torch.Tensor | None = None
+    tool_stats: torch.Tensor | None = None
 
     @property
     def attention(self) -> torch.Tensor:
@@ -142,7 +144,7 @@ class Rollouts:
             completions=[text for p in parts for text in p.completions],
             policy_version=parts[0].policy_version,
             **{name: None if getattr(parts[0], name) is None else pad_cat([getattr(p, name) for p in parts], 0)
-               for name in ("env_mask", "turns", "env_reward", "reward_scale", "env_failed")},
+               for name in ("env_mask", "turns", "env_reward", "reward_scale", "env_failed", "tool_stats")},
         )
 
 

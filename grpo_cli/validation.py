@@ -9,6 +9,7 @@ Every failure is a ConfigError naming the key and the fix.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 
 from grpo_cli import algorithms as alg
@@ -16,6 +17,7 @@ from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfi
 from grpo_cli.data import template_problem
 from grpo_cli.driver import OBJECTIVES
 from grpo_cli.environments import ENVIRONMENTS, environment_class
+from grpo_cli.environments.tools import tool_function
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
 from grpo_cli.rewards.catalog import (
@@ -227,6 +229,12 @@ def _validate_environment(cfg: GrpoConfig) -> None:
     _require(0 < env.turn_discount <= 1, f"environment.turn_discount={env.turn_discount} must lie in (0, 1]")
     _require(env.workers >= 0, f"environment.workers={env.workers} must be >= 0 (0: steps in the trainer's process)")
     _require(env.timeout > 0, f"environment.timeout={env.timeout} must be > 0 seconds")
+    _require(env.tool_timeout > 0, f"environment.tool_timeout={env.tool_timeout} must be > 0 seconds")
+    _require(env.tool_max_chars >= 1, f"environment.tool_max_chars={env.tool_max_chars} must be >= 1")
+    _require(not env.response_template or os.path.isfile(env.response_template),
+             f"environment.response_template={env.response_template} does not exist; give a JSON response template file")
+    _require(not env.tools or env.max_turns > 1, f"environment.tools={list(env.tools)} need a turn to answer the "
+                                                 f"tools' results in: set environment.max_turns >= 2")
     if env.max_turns == 1:
         return
     _require(cfg.data.chat_template, "multi-turn episodes (environment.max_turns > 1) need data.chat_template=true")
@@ -238,6 +246,13 @@ def _validate_environment(cfg: GrpoConfig) -> None:
         environment_class(env.name)(**dict(env.kwargs))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"environment {env.name} with kwargs {dict(env.kwargs)}: {error}") from error
+    for tool in env.tools:
+        try:
+            if is_user_path(tool):
+                probe_user_module(tool)
+            tool_function(tool)
+        except ValueError as error:
+            raise ConfigError(f"environment.tools: {tool}: {error}") from error
 
 
 def _validate_run(cfg: GrpoConfig) -> None:

@@ -60,7 +60,8 @@ MAX_NEW_TOKENS = 64
 BUCKET_BATCHES = 8
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, **defaults) -> argparse.Namespace:
+    """The options; `defaults` replaces some defaults (make_tiny_tools_model.py builds another model)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=1200, help="SFT optimizer steps")
     parser.add_argument("--batch-size", type=int, default=64, help="SFT sequences per step")
+    parser.add_argument("--layers", type=int, default=4, help="transformer layers")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")
     parser.add_argument(
         "--error-rate", type=float, default=0.3, help="probability that an SFT solution step is wrong"
@@ -89,14 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-samples", type=int, default=4, help="samples per test prompt at temperature 1"
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the calibration measurement")
+    parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(chars: str = CHARS, roles: tuple[str, ...] = tuple(ROLE_TOKENS.values())) -> PreTrainedTokenizerFast:
     """One token per character plus the special tokens; a character model keeps every
     digit of a partial sum its own decision, which is where the calibrated noise lives."""
-    specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS.values()]
-    vocab = {token: index for index, token in enumerate(specials + list(CHARS))}
+    specials = [PAD, BOS, EOS, UNK, *roles]
+    vocab = {token: index for index, token in enumerate(specials + list(chars))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -107,7 +110,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        additional_special_tokens=list(ROLE_TOKENS.values()),
+        additional_special_tokens=list(roles),
         padding_side="left",
         model_max_length=256,
         model_input_names=["input_ids", "attention_mask"],
@@ -116,13 +119,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int, layers: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
@@ -186,8 +189,9 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def train(model: LlamaForCausalLM, tokenizer, args: argparse.Namespace) -> None:
-    batches = sft_batches(tokenizer, args)
+def train(model: LlamaForCausalLM, tokenizer, args: argparse.Namespace, batches=None) -> None:
+    """AdamW on `batches` (default: this model's SFT mix) for args.steps steps."""
+    batches = batches or sft_batches(tokenizer, args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     window: list[float] = []
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, args.seed)
+    model = build_model(tokenizer, args.seed, args.layers)
     params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}  parameters {params:,}", flush=True)
     train(model, tokenizer, args)

@@ -34,6 +34,7 @@ FILES = {
     "long.jsonl": '{"question": "1+1", "answer": "2"}\n{"question": "%s", "answer": "2"}\n' % ("1+" * 120 + "1"),
     "rows.jsonl": '{"prompt": "1+1", "completion": "Answer: 2", "answer": "2"}\n',
     "recipes/broken.yaml": "trainer: [1, 2\n",
+    "undocumented.py": "def add(terms):\n    return sum(terms)\n",
     "other/config.yaml": "algorithm:\n  name: someone_else\n",
     "other/metrics.jsonl": '{"step": 0}\n',
 }
@@ -91,7 +92,7 @@ CASES = [
     (train("algorithm=nope"), 2, "available: cispo, dapo"),
     (train("reward=nope"), 2, "available: arithmetic"),
     (train("sampler=nope"), 2, "available: hf, vllm"),
-    (train("+recipe=nope"), 2, "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, gr_dpo"),
+    (train("+recipe=nope"), 2, "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, embedded_tools, gr_dpo"),
     (train("+recipe=broken"), 2, "recipe broken ({root}/recipes/broken.yaml) is not valid YAML"),
     (train("eval.top_p=-1"), 2, "eval.top_p=-1.0 must lie in (0, 1]"),
     (train("eval.num_prompts=-1"), 2, "eval.num_prompts=-1 must be >= 0"),
@@ -107,6 +108,16 @@ CASES = [
     (train("environment=feedback", "environment.timeout=0"), 2, "environment.timeout=0.0 must be > 0 seconds"),
     (train("environment=feedback", "environment.name={root}/missing.py:Env"), 2, "file {root}/missing.py does not exist"),
     (train("environment=feedback", "+environment.kwargs.nope=1"), 2, "unexpected keyword argument 'nope'"),
+    (train("environment=tools", "environment.tools=[nope]"), 2,
+     "environment.tools: nope: no built-in tool 'nope' (built-ins: add); name your own as file.py:function"),
+    (train("environment.tools=[add]"), 2, "need a turn to answer the tools' results in: set environment.max_turns >= 2"),
+    (train("environment=tools", "environment.tool_timeout=0"), 2, "environment.tool_timeout=0.0 must be > 0 seconds"),
+    (train("environment=tools", "environment.response_template={root}/missing.json"), 2,
+     "environment.response_template={root}/missing.json does not exist"),
+    (train("environment=tools", "environment.tools=[{root}/undocumented.py:add]"), 2,
+     "environment.tools: {root}/undocumented.py:add: TypeHintParsingException: Argument terms is missing a type hint"),
+    (train("environment=tools"), 2, "the tokenizer has no response_template and transformers has none for model type "
+                                    "'llama'; set environment.response_template=FILE.json"),
     # data files
     (train("data.path={root}/missing.jsonl"), 2, "does not exist; check data.path"),
     (train("data.path={root}/empty.jsonl"), 2, "has no rows"),

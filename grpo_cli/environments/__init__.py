@@ -7,12 +7,15 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from transformers import PretrainedConfig
+
 from grpo_cli.config import EnvironmentConfig
 from grpo_cli.environments.base import Environment, Observation, SingleTurn
 from grpo_cli.environments.feedback import Feedback
 from grpo_cli.environments.render import check_appendable, turn_ids
 from grpo_cli.errors import UserError
 from grpo_cli.environments.runner import EpisodeSpec, run_episodes
+from grpo_cli.environments.tools import Toolbox, tool_schemas, toolbox
 from grpo_cli.environments.workers import LocalSteps, StepWorkers
 from grpo_cli.rewards.catalog import is_user_path, load_user_function
 
@@ -32,10 +35,22 @@ def episode_spec(env_cfg: EnvironmentConfig, tokenizer) -> EpisodeSpec:
     if env_cfg.max_turns > 1:
         check_appendable(tokenizer)
     make = functools.partial(environment_class(env_cfg.name), **dict(env_cfg.kwargs))
+    tools = toolbox(list(env_cfg.tools), tokenizer, _model_type(tokenizer) if env_cfg.tools else "",
+                    env_cfg.response_template)
     pooled = env_cfg.max_turns > 1 and env_cfg.workers > 0
-    steps = StepWorkers(env_cfg.name, env_cfg.workers, env_cfg.timeout) if pooled else LocalSteps()
+    steps = (StepWorkers(env_cfg.name, env_cfg.workers, env_cfg.timeout, tuple(env_cfg.tools), env_cfg.tool_timeout)
+             if pooled else LocalSteps())
     return EpisodeSpec(make=make, max_turns=env_cfg.max_turns, max_total_tokens=env_cfg.max_total_tokens,
-                       turn_discount=env_cfg.turn_discount, tokenizer=tokenizer, steps=steps)
+                       turn_discount=env_cfg.turn_discount, tokenizer=tokenizer, steps=steps, tools=tools,
+                       tool_max_chars=env_cfg.tool_max_chars)
+
+
+def _model_type(tokenizer) -> str:
+    """The model type of the folder the tokenizer came from ("" when it has no config)."""
+    try:
+        return PretrainedConfig.get_config_dict(tokenizer.name_or_path)[0].get("model_type", "")
+    except (OSError, ValueError):
+        return ""
 
 
 def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[dict]]) -> str:
@@ -55,7 +70,26 @@ def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[di
             raise
         except Exception as error:  # user code fails in its own ways
             raise UserError(f"environment {name} failed on a data row: {type(error).__name__}: {error}") from error
-    return f"environment {name} (up to {spec.max_turns} turns): answered {len(rows)} rows"
+    tools = f"; tools {probe_tools(spec)} read back from the chat template's calls" if spec.tools else ""
+    return f"environment {name} (up to {spec.max_turns} turns): answered {len(rows)} rows{tools}"
+
+
+def probe_tools(spec: EpisodeSpec) -> str:
+    """Each tool's call, as the chat template writes it, must read back as that call: the
+    response template and the chat template agree on the format."""
+    history = [{"role": "user", "content": "1+1"}]
+    for name in spec.tools.entries:
+        call = {"role": "assistant", "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {}}}]}
+        render = functools.partial(spec.tokenizer.apply_chat_template, tools=spec.tools.schemas, tokenize=False)
+        before = render(history, add_generation_prompt=True)
+        text = render(history + [call])[len(before):]
+        _, calls = spec.tools.read(text)
+        if [c.name for c in calls] != [name]:
+            raise UserError(f"tool calls are not read back: the chat template writes a call to {name} as {text!r}, "
+                            f"and the response template reads {[c.name for c in calls]}; set "
+                            f"environment.response_template to a template for this model's format")
+    return ", ".join(spec.tools.entries)
 
 
 __all__ = ["ENVIRONMENTS", "Environment", "EpisodeSpec", "Observation", "SingleTurn", "environment_class",

@@ -6,7 +6,9 @@ and without it, the difference), tokenized on its own: the same tokens a chat wi
 history would feed the model next, ending with the generation prompt of the model's next turn.
 That needs a template under which appending a turn leaves the earlier text as it was;
 `check_appendable` refuses, at start-up, one that rewrites earlier turns (templates that drop
-earlier reasoning, for example).
+earlier reasoning, for example). What a template writes after the end-of-turn token the model
+stopped on (Qwen's newline after `<|im_end|>`) belongs to the environment's turn: the model
+never drew it, and a chat would feed it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,22 @@ PROBE = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "A
          {"role": "user", "content": "Not quite. Try again."}]
 
 
-def turn_ids(tokenizer, history: list[dict], turn: list[dict]) -> list[int]:
+def turn_ids(tokenizer, history: list[dict], turn: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids the template adds for `turn` after `history` (the model's turn last), up to
     and including the next assistant turn's generation prompt."""
-    before = tokenizer.apply_chat_template(history, tokenize=False)
-    after = tokenizer.apply_chat_template(history + turn, tokenize=False, add_generation_prompt=True)
+    before = tokenizer.apply_chat_template(history, tools=tools or None, tokenize=False)
+    after = tokenizer.apply_chat_template(history + turn, tools=tools or None, tokenize=False,
+                                          add_generation_prompt=True)
     if not after.startswith(before):
         raise UserError(_REWRITES)
-    return tokenizer(after[len(before):], add_special_tokens=False)["input_ids"]
+    return tokenizer(_after_stop(tokenizer, before) + after[len(before):], add_special_tokens=False)["input_ids"]
+
+
+def _after_stop(tokenizer, rendered: str) -> str:
+    """The whitespace the template writes after the model's end-of-turn token ("" for most)."""
+    stop = tokenizer.eos_token
+    tail = rendered[rendered.rfind(stop) + len(stop):] if stop and stop in rendered else ""
+    return tail if tail.isspace() else ""
 
 
 def check_appendable(tokenizer) -> None:

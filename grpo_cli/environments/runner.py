@@ -3,9 +3,11 @@
 Turn 1 is the single-turn generation itself (K completions per prompt, seeded per prompt as
 always), so `environment=single_turn` returns exactly what the sampler drew. Then, while
 episodes are live: the environment answers each model turn, its turn is appended as token ids
-(render.turn_ids), and every live episode's next turn is drawn in one sampler call. An episode
-ends when the model's turn is cut by its token budget, the environment says done, or after
-environment.max_turns model turns. Environment tokens have loss mask 0 and log-prob 0.
+(render.turn_ids), and every live episode's next turn is drawn in one sampler call. A model turn
+that calls tools (environment.tools) is answered by the tools' results instead of the
+environment's step; a turn without calls goes to the environment. An episode ends when the
+model's turn is cut by its token budget, the environment says done, or after
+environment.max_turns model turns. Environment and tool tokens have loss mask 0 and log-prob 0.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Callable
 
 import torch
 
-from grpo_cli.environments.base import Environment
-from grpo_cli.environments.workers import LocalSteps, StepWorkers
+from grpo_cli.environments.base import Environment, Observation
 from grpo_cli.environments.render import turn_ids
+from grpo_cli.environments.tools import ERROR, TIMEOUT, Toolbox, ToolCall, tool_message
+from grpo_cli.environments.workers import LocalSteps, Outcome, StepWorkers
+from grpo_cli.errors import UserError
 from grpo_cli.metrics import console
+from grpo_cli.rewards.workers import describe
 from grpo_cli.sampler import SamplingParams
 from grpo_cli.types import PromptBatch, Rollouts
 
@@ -26,7 +31,7 @@ from grpo_cli.types import PromptBatch, Rollouts
 @dataclass(frozen=True)
 class EpisodeSpec:
     """make: a fresh environment per episode. max_total_tokens: model plus environment tokens
-    after the prompt (0: max_turns x the sampling budget)."""
+    after the prompt (0: max_turns x the sampling budget). tools: None without tools."""
 
     make: Callable[[], Environment]
     max_turns: int
@@ -34,6 +39,8 @@ class EpisodeSpec:
     turn_discount: float
     tokenizer: object
     steps: LocalSteps | StepWorkers = field(default_factory=LocalSteps)
+    tools: Toolbox | None = None
+    tool_max_chars: int = 1000
     warned: set = field(default_factory=set)  # the first error is printed once per run
 
     def close(self) -> None:
@@ -61,6 +68,9 @@ class Episode:
     ended_by: str | None = None  # budget (its last turn was cut), environment, turns (max_turns), or error
     error: str = ""  # what the environment's step raised
     last_text: str = ""
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_timeouts: int = 0
 
     @property
     def done(self) -> bool:
@@ -140,7 +150,7 @@ def _take(episode: Episode, drawn: Rollouts, row: int, budget: int | None, last:
 def _answer(episodes: list[Episode], spec: EpisodeSpec, budget: int) -> None:
     """The environment's answer to each episode's last model turn (all stepped at once),
     appended unless the episode ends."""
-    outcomes = spec.steps.step([e.env for e in episodes], [e.messages for e in episodes])
+    outcomes = _respond(episodes, spec, use_tools=budget > 0)
     for episode, (env, observation, error) in zip(episodes, outcomes):
         episode.env = env  # a worker's step hands the environment back with its new state
         if error is not None:  # it costs this episode, not the run
@@ -150,12 +160,48 @@ def _answer(episodes: list[Episode], spec: EpisodeSpec, budget: int) -> None:
         if observation.done or not observation.messages or episode.ended_by == "turns":
             episode.ended_by = episode.ended_by or "environment"
             continue
-        ids = turn_ids(spec.tokenizer, episode.messages, observation.messages)
+        try:
+            ids = turn_ids(spec.tokenizer, episode.messages, observation.messages, spec.tools and spec.tools.schemas)
+        except UserError:
+            raise
+        except Exception as error:  # the template refuses what this episode's model or environment wrote
+            episode.ended_by, episode.error = "error", f"the chat template cannot render the turn: {describe(error)}"
+            continue
         episode.messages = [*episode.messages, *observation.messages]
         if len(episode.tokens) + len(ids) >= budget:  # no room left for the model to answer
             episode.ended_by = "budget"
             continue
         episode.add(ids, None)
+
+
+def _respond(episodes: list[Episode], spec: EpisodeSpec, use_tools: bool) -> list[Outcome]:
+    """Per episode, the answer to its last model turn: the tools' results when the turn called
+    tools, else the environment's step. All steps, then all calls, go to the workers at once."""
+    calls = [_read_calls(e, spec.tools) if use_tools and spec.tools else [] for e in episodes]
+    stepped = [e for e, called in zip(episodes, calls) if not called]
+    steps = iter(spec.steps.step([e.env for e in stepped], [e.messages for e in stepped]))
+    runnable = [call for called in calls for call in called if not call.error]
+    results = iter(spec.steps.call(runnable, spec.tool_max_chars))
+    outcomes = []
+    for episode, called in zip(episodes, calls):
+        if not called:
+            outcomes.append(next(steps))
+            continue
+        replies = [(call.error, ERROR) if call.error else next(results) for call in called]
+        episode.tool_calls += len(called)
+        episode.tool_errors += sum(status == ERROR for _, status in replies)
+        episode.tool_timeouts += sum(status == TIMEOUT for _, status in replies)
+        messages = [tool_message(call, text) for call, (text, _) in zip(called, replies)]
+        outcomes.append((episode.env, Observation(messages=messages), None))
+    return outcomes
+
+
+def _read_calls(episode: Episode, tools: Toolbox) -> list[ToolCall]:
+    """The tool calls of the episode's last model turn; its assistant message gains them."""
+    message, calls = tools.read(episode.last_text)
+    if calls:
+        episode.messages = [*episode.messages[:-1], message]
+    return calls
 
 
 def _reward(episode: Episode, observation) -> None:
@@ -179,4 +225,6 @@ def _assemble(first: Rollouts, episodes: list[Episode], spec: EpisodeSpec) -> Ro
         truncated=torch.tensor([e.ended_by == "budget" for e in episodes]), completions=[e.last_text for e in episodes],
         turns=turns, env_reward=torch.tensor([float("nan") if e.env_reward is None else e.env_reward for e in episodes]),
         reward_scale=(spec.turn_discount ** (turns - 1).double()).float(),
-        env_failed=torch.tensor([bool(e.error) for e in episodes]))
+        env_failed=torch.tensor([bool(e.error) for e in episodes]),
+        tool_stats=torch.tensor([[e.tool_calls, e.tool_errors, e.tool_timeouts] for e in episodes])
+        if spec.tools else None)
