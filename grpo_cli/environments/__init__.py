@@ -15,7 +15,7 @@ from grpo_cli.environments.feedback import Feedback
 from grpo_cli.environments.render import check_appendable, turn_ids
 from grpo_cli.errors import UserError
 from grpo_cli.environments.runner import EpisodeSpec, run_episodes
-from grpo_cli.environments.tools import Toolbox, tool_schemas, toolbox
+from grpo_cli.environments.tools import toolbox
 from grpo_cli.environments.workers import LocalSteps, StepWorkers
 from grpo_cli.rewards.catalog import is_user_path, load_user_function
 
