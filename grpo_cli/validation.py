@@ -17,7 +17,7 @@ from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfi
 from grpo_cli.data import template_problem
 from grpo_cli.driver import OBJECTIVES
 from grpo_cli.environments import ENVIRONMENTS, environment_class
-from grpo_cli.environments.tools import tool_function
+from grpo_cli.environments.tools import tool_schemas
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
 from grpo_cli.rewards.catalog import (
@@ -250,9 +250,9 @@ def _validate_environment(cfg: GrpoConfig) -> None:
         try:
             if is_user_path(tool):
                 probe_user_module(tool)
-            tool_function(tool)
         except ValueError as error:
             raise ConfigError(f"environment.tools: {tool}: {error}") from error
+        tool_schemas([tool])  # a missing function, type hint or docstring fails here, in one line
 
 
 def _validate_run(cfg: GrpoConfig) -> None:

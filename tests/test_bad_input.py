@@ -115,7 +115,8 @@ CASES = [
     (train("environment=tools", "environment.response_template={root}/missing.json"), 2,
      "environment.response_template={root}/missing.json does not exist"),
     (train("environment=tools", "environment.tools=[{root}/undocumented.py:add]"), 2,
-     "environment.tools: {root}/undocumented.py:add: TypeHintParsingException: Argument terms is missing a type hint"),
+     "environment.tools: {root}/undocumented.py:add: DocstringParsingException: Cannot generate JSON schema for add "
+     "because it has no docstring!; give it type hints and a docstring with an Args: line per parameter"),
     (train("environment=tools"), 2, "the tokenizer has no response_template and transformers has none for model type "
                                     "'llama'; set environment.response_template=FILE.json"),
     # data files
