@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from transformers import PretrainedConfig
-
 from grpo_cli.config import EnvironmentConfig
 from grpo_cli.environments.base import Environment, Observation, SingleTurn
 from grpo_cli.environments.feedback import Feedback
@@ -35,8 +33,7 @@ def episode_spec(env_cfg: EnvironmentConfig, tokenizer) -> EpisodeSpec:
     if env_cfg.max_turns > 1:
         check_appendable(tokenizer)
     make = functools.partial(environment_class(env_cfg.name), **dict(env_cfg.kwargs))
-    tools = toolbox(list(env_cfg.tools), tokenizer, _model_type(tokenizer) if env_cfg.tools else "",
-                    env_cfg.response_template)
+    tools = toolbox(list(env_cfg.tools), tokenizer, None, env_cfg.response_template)
     pooled = env_cfg.max_turns > 1 and env_cfg.workers > 0
     steps = (StepWorkers(env_cfg.name, env_cfg.workers, env_cfg.timeout, tuple(env_cfg.tools), env_cfg.tool_timeout)
              if pooled else LocalSteps())
@@ -44,13 +41,6 @@ def episode_spec(env_cfg: EnvironmentConfig, tokenizer) -> EpisodeSpec:
                        turn_discount=env_cfg.turn_discount, tokenizer=tokenizer, steps=steps, tools=tools,
                        tool_max_chars=env_cfg.tool_max_chars)
 
-
-def _model_type(tokenizer) -> str:
-    """The model type of the folder the tokenizer came from ("" when it has no config)."""
-    try:
-        return PretrainedConfig.get_config_dict(tokenizer.name_or_path)[0].get("model_type", "")
-    except (OSError, ValueError):
-        return ""
 
 
 def probe(spec: EpisodeSpec, name: str, rows: list[dict], messages: list[list[dict]]) -> str:
@@ -78,11 +68,11 @@ def probe_tools(spec: EpisodeSpec) -> str:
     """Each tool's call, as the chat template writes it, must read back as that call: the
     response template and the chat template agree on the format."""
     history = [{"role": "user", "content": "1+1"}]
+    render = functools.partial(spec.tokenizer.apply_chat_template, tools=spec.tools.schemas, tokenize=False)
+    before = render(history, add_generation_prompt=True)
     for name in spec.tools.entries:
         call = {"role": "assistant", "content": "",
                 "tool_calls": [{"type": "function", "function": {"name": name, "arguments": {}}}]}
-        render = functools.partial(spec.tokenizer.apply_chat_template, tools=spec.tools.schemas, tokenize=False)
-        before = render(history, add_generation_prompt=True)
         text = render(history + [call])[len(before):]
         _, calls = spec.tools.read(text)
         if [c.name for c in calls] != [name]:

@@ -21,6 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from transformers import PretrainedConfig
 from transformers.utils import get_json_schema
 
 from grpo_cli.errors import UserError
@@ -135,8 +136,9 @@ class Toolbox:
         return ToolCall(name, arguments, self.entries[name])
 
 
-def toolbox(names: list[str], tokenizer, model_type: str, template_path: str | None) -> Toolbox | None:
-    """The run's tools, or None without any; UserError when calls could not be read."""
+def toolbox(names: list[str], tokenizer, model_type: str | None, template_path: str | None) -> Toolbox | None:
+    """The run's tools, or None without any; UserError when calls could not be read. model_type:
+    for transformers' fallback templates (None: that of the folder the tokenizer came from)."""
     if not names:
         return None
     schemas = tool_schemas(names)
@@ -147,7 +149,7 @@ def toolbox(names: list[str], tokenizer, model_type: str, template_path: str | N
     return Toolbox(entries, schemas, _response_template(tokenizer, model_type, template_path), tokenizer)
 
 
-def _response_template(tokenizer, model_type: str, path: str | None) -> dict:
+def _response_template(tokenizer, model_type: str | None, path: str | None) -> dict:
     if path:
         if not os.path.isfile(path):
             raise UserError(f"environment.response_template={path} does not exist; give a JSON response template file")
@@ -162,9 +164,18 @@ def _response_template(tokenizer, model_type: str, path: str | None) -> dict:
     # Importing the serving module costs seconds, so only runs with tools pay it.
     from transformers.cli.serving.utils import _RESPONSE_TEMPLATE_FALLBACKS
 
+    model_type = _model_type(tokenizer) if model_type is None else model_type
     found = next((template for types, template in _RESPONSE_TEMPLATE_FALLBACKS.items() if model_type in types), None)
     if found is None:
         raise UserError(f"tools need the model's tool calls read from its output: the tokenizer has no "
                         f"response_template and transformers has none for model type {model_type!r}; set "
                         f"environment.response_template=FILE.json (transformers' response-template format)")
     return found
+
+
+def _model_type(tokenizer) -> str:
+    """The model type of the folder the tokenizer came from ("" when it has no config)."""
+    try:
+        return PretrainedConfig.get_config_dict(tokenizer.name_or_path)[0].get("model_type", "")
+    except (OSError, ValueError):
+        return ""
