@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from grpo_cli import checkpoint, distributed, lora
 from grpo_cli.algorithms import KL_PLACEMENTS, compute_loss
+from grpo_cli.algorithms.offpolicy import IS_WEIGHT_MAX, lag_tokens, offpolicy_metrics
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
@@ -30,6 +31,7 @@ from grpo_cli.types import BatchLogprobs, BatchNorm, LossInputs, Sequences, Trai
 
 # The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (ALGORITHMS.md §7.4).
 MAX_GAP = "mismatch/max_abs_logprob_gap"
+MAX_KEYS = {MAX_GAP, IS_WEIGHT_MAX}
 
 
 # trainer.schedule: the learning-rate multiplier after warm-up, from progress in [0, 1+].
@@ -251,7 +253,8 @@ class Learner:
             for index in order.chunk(a.mini_batches):
                 per_step.append(self.optimizer_step(batch.select(index)))
         merged = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
-        merged[MAX_GAP] = max(m[MAX_GAP] for m in per_step)
+        for key in MAX_KEYS & merged.keys():
+            merged[key] = max(m[key] for m in per_step)
         return merged
 
     def batch_norm(self, batch: TrainBatch) -> BatchNorm:
@@ -268,6 +271,7 @@ class Learner:
     def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
+        lags = lag_tokens(batch.policy_lag, batch.loss_mask) if batch.policy_lag is not None else None
         for _, micro in self._rank_micro_batches(batch):
             logprobs, entropy = self.forward_logprobs(self.model, micro, self.temperature, with_entropy=True)
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
@@ -281,9 +285,11 @@ class Learner:
             out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
             out.metrics["mismatch/abs_logprob_gap"] = sums[1] / max(1, norm.num_tokens)
             out.metrics[MAX_GAP] = sums[2]
+            if lags is not None:
+                out.metrics.update(offpolicy_metrics(inputs, out.clipped, micro.policy_lag, lags, self.cfg.algorithm))
             for key, value in out.metrics.items():
-                metrics[key] = max(metrics.get(key, 0.0), value) if key == MAX_GAP else metrics.get(key, 0.0) + value
-        return self.ranks.reduce_metrics(metrics, {MAX_GAP})
+                metrics[key] = max(metrics.get(key, 0.0), value) if key in MAX_KEYS else metrics.get(key, 0.0) + value
+        return self.ranks.reduce_metrics(metrics, MAX_KEYS)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

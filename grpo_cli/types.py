@@ -73,7 +73,7 @@ class Rollouts:
     group_ids:        [N] long, index of the prompt within the batch (0..B-1).
     completions:      N decoded completion strings (special tokens stripped); of an episode,
                       its last model turn (the final answer).
-    policy_version:   the learner step whose weights generated these.
+    policy_version:   [N] long, the learner step whose weights generated each row.
 
     Episodes with an environment (environments/runner.py; None for single-turn generation):
     the completion holds every turn after the prompt, and completion_mask is 1 on the tokens
@@ -94,7 +94,7 @@ class Rollouts:
     truncated: torch.Tensor
     group_ids: torch.Tensor
     completions: list[str]
-    policy_version: int = 0
+    policy_version: torch.Tensor
     env_mask: torch.Tensor | None = None
     turns: torch.Tensor | None = None
     env_reward: torch.Tensor | None = None
@@ -142,7 +142,7 @@ class Rollouts:
             truncated=torch.cat([p.truncated for p in parts]),
             group_ids=torch.cat([p.group_ids + offsets[i] for i, p in enumerate(parts)]),
             completions=[text for p in parts for text in p.completions],
-            policy_version=parts[0].policy_version,
+            policy_version=torch.cat([p.policy_version for p in parts]),
             **{name: None if getattr(parts[0], name) is None else pad_cat([getattr(p, name) for p in parts], 0)
                for name in ("env_mask", "turns", "env_reward", "reward_scale", "env_failed", "tool_stats")},
         )
@@ -210,6 +210,8 @@ class Sequences:
     attention_mask:   [N, P + C]
     loss_mask:        [N, C] float, 1 on loss-bearing completion tokens.
     sampler_logprobs: [N, C] what the sampler reported (zeros where there was no sampler).
+    policy_lag:       [N] long, policy versions between the weights that sampled a row and the
+                      learner's (asynchronous generation only, else None).
 
     Every further [N, C] field of a subclass is cut and selected the same way.
     """
@@ -218,6 +220,7 @@ class Sequences:
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
     sampler_logprobs: torch.Tensor
+    policy_lag: torch.Tensor | None = field(default=None, kw_only=True)
 
     @classmethod
     def from_rollouts(cls, rollouts: Rollouts, overlong_filter: bool = False) -> "Sequences":
@@ -238,7 +241,8 @@ class Sequences:
         return self.loss_mask.shape[1]
 
     def _per_token(self) -> dict[str, torch.Tensor]:
-        """The [N, C] fields that are set (everything but input_ids and attention_mask)."""
+        """The per-row fields that are set (everything but input_ids and attention_mask): [N, C],
+        and policy_lag [N]."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("input_ids", "attention_mask") and getattr(self, f.name) is not None}
 
@@ -252,7 +256,7 @@ class Sequences:
         width = int(real[prompt_width:].nonzero().max()) + 1 if real[prompt_width:].any() else 1
         return replace(self, input_ids=self.input_ids[:, left:prompt_width + width],
                        attention_mask=self.attention_mask[:, left:prompt_width + width],
-                       **{name: t[:, :width] for name, t in self._per_token().items()})
+                       **{name: t[:, :width] if t.dim() == 2 else t for name, t in self._per_token().items()})
 
     def select(self, index: torch.Tensor):
         """Rows `index` of every tensor (mini- and micro-batching)."""
@@ -384,7 +388,9 @@ class LossOutput:
     loss:    scalar tensor with gradient; micro-batch losses add up to the mini-batch loss.
     metrics: flat name -> float, each already divided by the mini-batch normaliser so that it
              adds up across micro-batches the same way.
+    clipped: [b, C] bool, detached: where a bound of the policy loss was active.
     """
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    clipped: torch.Tensor | None = None

@@ -28,7 +28,8 @@ def case(rewards, lengths, groups=None):
     zeros = torch.zeros(n, width, dtype=torch.long)
     rollouts = Rollouts(prompt_ids=zeros[:, :1], prompt_mask=zeros[:, :1], completion_ids=zeros,
                         completion_mask=mask, sampler_logprobs=torch.zeros(n, width),
-                        truncated=torch.zeros(n, dtype=torch.bool), group_ids=groups, completions=[""] * n)
+                        truncated=torch.zeros(n, dtype=torch.bool), group_ids=groups, completions=[""] * n,
+                        policy_version=torch.zeros(n, dtype=torch.long))
     rewards = torch.tensor(rewards)
     return rollouts, Scores(total=rewards, correct=rewards > 0.5)
 

@@ -161,7 +161,7 @@ def test_reward_set_fills_steps_that_reach_the_advantage(make_cfg, tokenizer):
     mask = (torch.arange(width)[None, :] < torch.tensor([len(row) for row in ids])[:, None]).long()
     zeros = torch.zeros(3, 1, dtype=torch.long)
     rollouts = Rollouts(zeros, zeros, completion_ids, mask, torch.zeros(3, width), torch.zeros(3, dtype=torch.bool),
-                        torch.tensor([0, 0, 0]), texts)
+                        torch.tensor([0, 0, 0]), texts, torch.zeros(3, dtype=torch.long))
     batch = PromptBatch([[1]], ["p"], [{"question": "3+5", "answer": "8"}])
     with RewardSet(cfg.reward, tokenizer) as rewards:
         scores = rewards.score(batch, rollouts)

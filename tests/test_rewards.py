@@ -30,7 +30,7 @@ def _rollouts(texts, groups):
     zeros = torch.zeros(n, 1, dtype=torch.long)
     return Rollouts(prompt_ids=zeros, prompt_mask=zeros, completion_ids=zeros, completion_mask=zeros,
                     sampler_logprobs=torch.zeros(n, 1), truncated=torch.zeros(n, dtype=torch.bool),
-                    group_ids=torch.tensor(groups), completions=texts)
+                    group_ids=torch.tensor(groups), completions=texts, policy_version=torch.zeros(n, dtype=torch.long))
 
 
 def test_weighted_total_components_and_correctness():

@@ -134,7 +134,7 @@ CORRECTION_LEVELS = {
 }
 
 
-def _mismatch_weight(inp: LossInputs, level: str) -> torch.Tensor:
+def mismatch_weight(inp: LossInputs, level: str) -> torch.Tensor:
     """w = π_old / π_sampler at the configured level."""
     log_w = CORRECTION_LEVELS[level]((inp.old_logprobs - inp.sampler_logprobs).detach() * inp.loss_mask)
     return torch.exp(log_w.clamp(-TOKEN_LOG_RATIO_CLAMP, TOKEN_LOG_RATIO_CLAMP))
@@ -142,13 +142,13 @@ def _mismatch_weight(inp: LossInputs, level: str) -> torch.Tensor:
 
 def truncated_importance_sampling(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """TIS: min(w, C), optionally max(., C_min) (oat `tis_c`, verl `rollout_is_threshold`)."""
-    weight = _mismatch_weight(inp, cfg.correction_level)
+    weight = mismatch_weight(inp, cfg.correction_level)
     return weight.clamp(min=cfg.correction_min, max=cfg.correction_max)
 
 
 def masked_importance_sampling(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """MIS: w where C_min <= w <= C_max, else 0 (TRL `sequence_mask`)."""
-    weight = _mismatch_weight(inp, cfg.correction_level)
+    weight = mismatch_weight(inp, cfg.correction_level)
     low = cfg.correction_min if cfg.correction_min is not None else 0.0
     return weight * ((weight >= low) & (weight <= cfg.correction_max))
 
@@ -215,4 +215,4 @@ def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: BatchNorm) -> Loss
     stats["loss/total"] = loss.detach()
     # One device-to-host copy for all metrics: each .item() would wait for the GPU.
     metrics = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist()))
-    return LossOutput(loss=loss, metrics=metrics)
+    return LossOutput(loss=loss, metrics=metrics, clipped=clipped.detach())

@@ -144,7 +144,7 @@ class HFSampler:
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
             completion_mask=completion_mask, sampler_logprobs=torch.cat([pad(c[1], 0.0) for c in chunks]),
             truncated=~torch.cat([c[3] for c in chunks]), group_ids=group_ids, completions=texts,
-            policy_version=self.version,
+            policy_version=torch.full((len(rows),), self.version),
         )
 
 

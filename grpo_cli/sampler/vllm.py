@@ -182,7 +182,8 @@ class VLLMSampler:
             completion_mask=(torch.arange(width)[None, :] < lengths[:, None]).long(), sampler_logprobs=logprobs,
             truncated=torch.tensor([c.finish_reason == "length" for c in completions]),
             group_ids=torch.arange(len(batch)).repeat_interleave(n),
-            completions=self.tokenizer.batch_decode(token_ids, skip_special_tokens=True), policy_version=self.version,
+            completions=self.tokenizer.batch_decode(token_ids, skip_special_tokens=True),
+            policy_version=torch.full((len(completions),), self.version),
         )
 
 
