@@ -55,6 +55,7 @@ class SamplerConfig:
     max_model_len: Optional[int] = None  # vllm: prompt + completion tokens; None = data.max_prompt_tokens + the budget, within the model's positions
     enforce_eager: bool = False  # vllm: no torch.compile / CUDA graphs (faster start, slower generation)
     stop: list = field(default_factory=list)  # vllm: stop strings, kept in the completion
+    threads: int = 0  # with trainer.max_staleness > 0: the sampler process's CPU threads; 0 = half of them
 
 
 @dataclass
@@ -193,6 +194,7 @@ class TrainerConfig:
     eval_every: int = 0  # 0 = only before and after training
     keep_last: int = 0  # 0 = keep every checkpoint
     max_nonfinite_steps: int = 3  # stop after this many steps in a row with a NaN / inf loss or gradient
+    max_staleness: int = 0  # > 0: the sampler generates ahead in its own process, at most this many policy versions behind
 
 
 @dataclass

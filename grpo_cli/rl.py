@@ -10,6 +10,7 @@ runs on the gathered global batch (distributed.py). driver.py runs the steps.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,6 +20,7 @@ import torch
 from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, AdvantageInputs
 from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
 from grpo_cli.algorithms.kl import reward_penalty
+from grpo_cli.algorithms.offpolicy import staleness_metrics
 from grpo_cli.algorithms.stats import group_stats
 from grpo_cli.config import AlgorithmConfig, GrpoConfig
 from grpo_cli.data import PromptSet
@@ -29,6 +31,7 @@ from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
 from grpo_cli.learner import Learner
 from grpo_cli.metrics import console
 from grpo_cli.rewards.scoring import RewardSet
+from grpo_cli.rollout_worker import Lookahead, RolloutWorker, sampler_device, split_threads
 from grpo_cli.runtime import (
     DTYPES,
     load_and_report,
@@ -40,7 +43,7 @@ from grpo_cli.runtime import (
 )
 from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
 from grpo_cli.schedule import derived_seed, is_due, step_indices
-from grpo_cli.types import Rollouts, Scores, Sequences, TrainBatch
+from grpo_cli.types import PromptBatch, Rollouts, Scores, Sequences, TrainBatch
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Run:
     difficulty: DifficultyTracker
     ranks: Ranks
     episodes: EpisodeSpec
+    lookahead: Lookahead | None = None  # trainer.max_staleness > 0: batches generated ahead
     evaluates_base: ClassVar[bool] = True
 
     def step(self, step: int) -> dict[str, float]:
@@ -77,11 +81,14 @@ class Run:
         return EvalSamples.merge(self.ranks.gather(mine)).summary(self.eval_params.n)
 
     def state_dict(self) -> dict:
-        return {"difficulty": self.difficulty.state_dict()}
+        taken = {} if self.lookahead is None else {"batches_taken": self.lookahead.taken}
+        return {"difficulty": self.difficulty.state_dict(), **taken}
 
     def load_state_dict(self, state: dict) -> None:
         self.difficulty.load_state_dict(state["difficulty"])
         self.sampler.version = state["step"]  # it loaded the checkpoint's weights: the policy after that step
+        if self.lookahead is not None:  # the batches that were in flight are generated again
+            self.lookahead.taken = self.lookahead.sent = state.get("batches_taken", state["step"])
 
     def close(self) -> None:
         self.rewards.close()  # stop the reward worker processes, also on an error
@@ -101,15 +108,35 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
     train_prompts = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
     eval_prompts = load_eval_prompts(cfg, tokenizer)
     rewards = RewardSet(cfg.reward, tokenizer)
-    sampler = make_sampler(cfg, policy_path, tokenizer, device)
     optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    learner = Learner(cfg, device, DTYPES[cfg.model.dtype], optimizer_steps, policy_path=policy_path, ranks=ranks,
-                      needs_reference=cfg.algorithm.kl_coef > 0)
+    make_learner = functools.partial(Learner, cfg, device, DTYPES[cfg.model.dtype], optimizer_steps,
+                                     policy_path=policy_path, ranks=ranks, needs_reference=cfg.algorithm.kl_coef > 0)
     train_params, eval_params = sampling_params(cfg)
+    lookahead = None
+    if cfg.trainer.max_staleness == 0:
+        sampler = make_sampler(cfg, policy_path, tokenizer, device)
+        learner = make_learner()
+    else:
+        learner, sampler = start_async(cfg, policy_path, device, ranks, make_learner)
+        lookahead = Lookahead(sampler, train_prompts, train_params, cfg)
     return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
                rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
                eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo.adaptive_window), ranks=ranks,
-               episodes=episode_spec(cfg.environment, tokenizer))
+               episodes=episode_spec(cfg.environment, tokenizer), lookahead=lookahead)
+
+
+def start_async(cfg: GrpoConfig, policy_path: str, device: torch.device, ranks: Ranks,
+                make_learner) -> tuple[Learner, RolloutWorker]:
+    """The learner in this process and the sampler in its own, each with its share of the
+    CPU threads (or its own GPU)."""
+    if ranks.active:
+        raise UserError(f"trainer.max_staleness={cfg.trainer.max_staleness} runs one learner process; under torchrun "
+                        f"set trainer.max_staleness=0")
+    where = sampler_device(device)
+    learner_threads, sampler_threads = split_threads(cfg.sampler.threads)
+    torch.set_num_threads(learner_threads)
+    learner = make_learner()
+    return learner, RolloutWorker(cfg, policy_path, where, learner.weights(), sampler_threads)
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
@@ -117,12 +144,17 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
     rollouts, scores, selection, sampling = collect(run, step, clock)
     logged = {**rollout_metrics(rollouts, scores, selection, algorithm), **sampling, **selection.metrics}
+    if run.lookahead is not None:
+        logged.update(staleness_metrics(step - rollouts.policy_version, cfg.trainer.max_staleness),
+                      **{"async/dropped_stale": float(run.lookahead.dropped)})
     run.difficulty.record(scores.total, rollouts.group_ids)
     if not selection.kept.any():
         return {**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)}
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
     run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
     sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
+    if run.lookahead is not None:
+        sequences.policy_lag = step - rollouts.policy_version  # the learner holds version `step`
     logprobs = run.learner.logprobs(sequences)
     clock.lap("logprobs")
     kl_penalty = reward_penalty(logprobs, sequences.loss_mask, algorithm)
@@ -138,18 +170,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
 
 
 def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
-    """Generate for one slice of prompts, score and filter. Round 0 walks the data in seeded
-    epochs; refill rounds draw fresh prompts from their own seeded stream."""
+    """Generate for one slice of prompts (or take the batch generated ahead), score and filter."""
     cfg = run.cfg
-    count, seed = cfg.trainer.prompts_per_step, derived_seed(cfg.seed, step, 0) + (round_ << 40)
-    if round_ == 0:
-        rows = step_indices(len(run.train_prompts), count, step, cfg.seed)
-    else:
-        rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    mine = run.ranks.share(len(rows))
-    batch = run.train_prompts.take([rows[i] for i in mine])
-    run.sampler.wake()
-    rollouts = run_episodes(run.sampler, batch, run.train_params, prompt_seeds(seed, mine), run.episodes)
+    batch, rollouts = run.lookahead.take(step) if run.lookahead is not None else generate(run, step, round_)
     clock.lap("generate")
     scores = run.rewards.score(batch, rollouts)
     if run.ranks.active:
@@ -160,11 +183,26 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
     return rollouts, scores, GROUP_FILTERS[cfg.algorithm.group_filter](rollouts, scores, cfg.algorithm, context)
 
 
+def generate(run: Run, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
+    """This rank's prompts of the round and their rollouts, from the current weights. Round 0
+    walks the data in seeded epochs; refill rounds draw fresh prompts from their own seeded stream."""
+    count, seed = run.cfg.trainer.prompts_per_step, derived_seed(run.cfg.seed, step, 0) + (round_ << 40)
+    if round_ == 0:
+        rows = step_indices(len(run.train_prompts), count, step, run.cfg.seed)
+    else:
+        rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    mine = run.ranks.share(len(rows))
+    batch = run.train_prompts.take([rows[i] for i in mine])
+    run.sampler.wake()
+    return batch, run_episodes(run.sampler, batch, run.train_params, prompt_seeds(seed, mine), run.episodes)
+
+
 def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
     """Sample rounds until prompts_per_step groups keep a completion or max_sampling_rounds is
     reached (DAPO's dynamic sampling, ALGORITHMS.md §3.2); kept groups beyond the target are
-    discarded, not carried over, and a short batch trains with a warning. Every round samples
-    from the same policy, so nothing in the buffer is stale."""
+    discarded, not carried over, and a short batch trains with a warning. Synchronously every
+    round samples from the same policy; with trainer.max_staleness each round is one batch
+    generated ahead, all its groups from one policy version, a refill maybe from a newer one."""
     algorithm, target = run.cfg.algorithm, run.cfg.trainer.prompts_per_step
     parts: list[tuple[Rollouts, Scores, Selection]] = []
     kept_groups = 0
@@ -215,7 +253,7 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
         "groups/no_spread_fraction": float(stats.no_spread.float().mean()),
         "groups/selected_fraction": float(selected.float().mean()),
         "completion/selected_mean_length": float(lengths[selected].mean()) if selected.any() else 0.0,
-        "sampler/policy_version": float(rollouts.policy_version),  # the push these were sampled after
+        "sampler/policy_version": float(rollouts.policy_version.float().mean()),  # the push these were sampled after
     }
     if rollouts.turns is not None:
         out.update(episode_metrics(rollouts, scores))

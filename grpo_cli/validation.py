@@ -95,6 +95,7 @@ def _validate_sampling(cfg: GrpoConfig) -> None:
     _require(s.top_k >= 0, f"sampler.top_k={s.top_k} must be >= 0 (0 = off)")
     _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens={s.max_new_tokens} must be >= 1")
     _require(s.batch_size >= 1, f"sampler.batch_size={s.batch_size} must be >= 1")
+    _require(s.threads >= 0, f"sampler.threads={s.threads} must be >= 0 (0: half of the CPU threads)")
     _require(s.dtype is None or s.dtype in DTYPES, f"sampler.dtype={s.dtype!r}: use {', '.join(DTYPES)} (or null: model.dtype)")
     _require(s.kv_cache_gib is None or s.kv_cache_gib > 0, f"sampler.kv_cache_gib={s.kv_cache_gib} must be > 0 (or null)")
     _require(s.max_model_len is None or s.max_model_len >= 2, f"sampler.max_model_len={s.max_model_len} must be >= 2 (or null)")
@@ -139,6 +140,7 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.max_grad_norm > 0, f"trainer.max_grad_norm={t.max_grad_norm} must be > 0")
     _require(t.logprob_chunk >= 0, f"trainer.logprob_chunk={t.logprob_chunk} must be >= 0 (0: no chunking)")
     _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
+    _require(t.max_staleness >= 0, f"trainer.max_staleness={t.max_staleness} must be >= 0 (0: generate, then train)")
     for key in ("save_every", "eval_every", "keep_last"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
     batch = t.prompts_per_step * cfg.sampler.n
