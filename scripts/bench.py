@@ -6,12 +6,20 @@ and weight push; completion tokens per second; peak memory.
     python scripts/bench.py --steps 20 sampler.n=16 trainer.prompts_per_step=32
     python scripts/bench.py --model qwen2.5-0.5b --dtype bfloat16 --sampler vllm \
         sampler.max_new_tokens=128 trainer.prompts_per_step=4
+    python scripts/bench.py --max-staleness 0 1      # synchronous against generation one step ahead
+    python scripts/bench.py --max-staleness 0 1 --train-seeds 0 1 2   # whole 100-step runs: accuracy too
 
 `--model` builds a model of that published shape with random weights in a temporary folder
 (scripts/random_model.py; nothing is downloaded): its completions run to the length limit,
 so both samplers are timed on the same number of tokens. Runs the real step function
 (grpo_cli.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
 prints one table. Figures, not assertions: compare runs on the same machine.
+
+With several --max-staleness values each is measured in turn, in this one process, and the
+ratio of seconds per step to the first is printed. With --train-seeds every (staleness, seed)
+pair is a whole `grpo train` run instead (the given overrides on top of the embedded default),
+interleaved so that a drift of the machine's speed hits every staleness alike; the table gives
+the median seconds per step and the final held-out accuracy, as mean and spread over seeds.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,8 +37,7 @@ import torch
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.validation import validate
-from grpo_cli.rl import train_step
-from grpo_cli.rl import build
+from grpo_cli.rl import build, train_step
 from grpo_cli.runtime import DTYPES, quiet_libraries
 from random_model import SHAPES, make_model
 
@@ -55,6 +63,66 @@ def flag_overrides(args, folder: str) -> list[str]:
     return out
 
 
+def measure(args, max_staleness: int) -> dict:
+    """The step's figures for one trainer.max_staleness, on a run built in this process."""
+    threads = torch.get_num_threads()  # an asynchronous run gives half of them to its sampler
+    with tempfile.TemporaryDirectory() as folder:
+        overrides = [f"output_dir={folder}/run", f"trainer.max_staleness={max_staleness}",
+                     *flag_overrides(args, folder), *args.overrides]
+        cfg = validate(to_object(compose(overrides)))
+        run = build(cfg, cfg.model.name_or_path)
+        if run.learner.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            steps = [train_step(run, step) for step in range(args.warmup + args.steps)][args.warmup:]
+        finally:
+            run.close()
+            learner_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+    figures = {f"{phase}_s": statistics.mean(m[f"time/{phase}"] for m in steps) for phase in PHASES}
+    figures["step_s"] = statistics.mean(m["time/step"] for m in steps)
+    figures["completion_tokens_per_step"] = statistics.mean(
+        m["completion/mean_length"] for m in steps) * cfg.trainer.prompts_per_step * cfg.sampler.n
+    figures["generation_tokens_per_s"] = statistics.mean(m["perf/generation_tokens_per_second"] for m in steps)
+    figures["tokens_per_s"] = statistics.mean(m["perf/tokens_per_second"] for m in steps)
+    figures.update(peak_memory_mib(run.learner.device))
+    figures.update(device=str(run.learner.device), threads=learner_threads, max_staleness=max_staleness,
+                   steps=args.steps, batch=f"{cfg.trainer.prompts_per_step} prompts x {cfg.sampler.n}",
+                   model=args.model, sampler=cfg.sampler.name, dtype=cfg.sampler.dtype or cfg.model.dtype)
+    return figures
+
+
+def train_runs(args) -> list[dict]:
+    """Whole `grpo train` runs, one per (seed, staleness), interleaved; their figures."""
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in args.train_seeds:
+            for staleness in args.max_staleness:
+                run_dir = Path(folder) / f"s{staleness}_seed{seed}"
+                command = [sys.executable, "-m", "grpo_cli", "train", f"output_dir={run_dir}", f"seed={seed}",
+                           f"trainer.max_staleness={staleness}", *args.overrides]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                steps = [r for r in records if "time/step" in r]
+                out.append({"max_staleness": staleness, "seed": seed, "steps": len(steps),
+                            "median_step_s": statistics.median(r["time/step"] for r in steps),
+                            "accuracy": records[-1].get("eval/accuracy", float("nan"))})
+                print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def print_train_table(runs: list[dict], stalenesses: list[int]) -> None:
+    base = statistics.mean(r["median_step_s"] for r in runs if r["max_staleness"] == stalenesses[0])
+    print("| max_staleness | median s/step (mean of seeds) | speed-up | final held-out accuracy: mean | per seed |")
+    print("|---|---|---|---|---|")
+    for staleness in stalenesses:
+        mine = [r for r in runs if r["max_staleness"] == staleness]
+        step = statistics.mean(r["median_step_s"] for r in mine)
+        accuracy = [r["accuracy"] for r in mine]
+        print(f"| {staleness} | {step:.3f} | {base / step:.2f}x | {statistics.mean(accuracy):.4f} | "
+              f"{', '.join(f'{a:.4f}' for a in accuracy)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps")
@@ -63,37 +131,28 @@ def main() -> int:
     parser.add_argument("--model", default="tiny", choices=("tiny", *SHAPES),
                         help="the shipped tiny model, or a published shape with random weights")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="model.dtype (the learner's and the sampler's)")
+    parser.add_argument("--max-staleness", type=int, nargs="+", default=[0],
+                        help="trainer.max_staleness values, measured in turn")
+    parser.add_argument("--train-seeds", type=int, nargs="+",
+                        help="whole grpo train runs with these seeds instead of --steps steps")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
     quiet_libraries()
-    with tempfile.TemporaryDirectory() as folder:
-        overrides = [f"output_dir={folder}/run", *flag_overrides(args, folder), *args.overrides]
-        cfg = validate(to_object(compose(overrides)))
-        run = build(cfg, cfg.model.name_or_path)
-        if run.learner.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            steps = [train_step(run, step) for step in range(args.warmup + args.steps)][args.warmup:]
-        finally:
-            run.sampler.close()
-            run.rewards.close()
-    figures = {f"{phase}_s": statistics.mean(m[f"time/{phase}"] for m in steps) for phase in PHASES}
-    figures["step_s"] = statistics.mean(m["time/step"] for m in steps)
-    figures["completion_tokens_per_step"] = statistics.mean(
-        m["completion/mean_length"] for m in steps) * cfg.trainer.prompts_per_step * cfg.sampler.n
-    figures["generation_tokens_per_s"] = statistics.mean(m["perf/generation_tokens_per_second"] for m in steps)
-    figures["tokens_per_s"] = statistics.mean(m["perf/tokens_per_second"] for m in steps)
-    figures.update(peak_memory_mib(run.learner.device))
-    figures.update(device=str(run.learner.device), threads=torch.get_num_threads(), steps=args.steps,
-                   batch=f"{cfg.trainer.prompts_per_step} prompts x {cfg.sampler.n}", model=args.model,
-                   sampler=cfg.sampler.name, dtype=cfg.sampler.dtype or cfg.model.dtype)
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.train_seeds:
+        results = train_runs(args)
+        print_train_table(results, args.max_staleness)
+    else:
+        results = [measure(args, staleness) for staleness in args.max_staleness]
+        for figures in results:
+            figures["speedup_vs_first"] = results[0]["step_s"] / figures["step_s"]
+        width = max(len(k) for k in results[0])
+        for key in results[0]:
+            cells = [f"{f[key]:.3f}" if isinstance(f[key], float) else str(f[key]) for f in results]
+            print(f"{key:<{width}}  " + "  ".join(f"{c:>10}" for c in cells))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(figures, handle, indent=2)
+            json.dump(results, handle, indent=2)
     return 0
 
 
