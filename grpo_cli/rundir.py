@@ -32,8 +32,8 @@ from grpo_cli.metrics import console
 # sampling, optimizer).
 RESUMABLE = ("trainer.steps", "trainer.save_every", "trainer.eval_every", "trainer.keep_last",
              "trainer.max_nonfinite_steps", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
-             "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "reward.workers",
-             "eval.", "score.", "device", "resume", "overwrite", "output_dir")
+             "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "sampler.threads",
+             "reward.workers", "eval.", "score.", "device", "resume", "overwrite", "output_dir")
 LEADING = (".name", ".name_or_path", ".path", ".objective")
 SHOWN_CHANGES = 5  # a resume into another run's checkpoint can differ in dozens of keys
 

@@ -8,6 +8,7 @@ and weight push; completion tokens per second; peak memory.
         sampler.max_new_tokens=128 trainer.prompts_per_step=4
     python scripts/bench.py --max-staleness 0 1      # synchronous against generation one step ahead
     python scripts/bench.py --max-staleness 0 1 --train-seeds 0 1 2   # whole 100-step runs: accuracy too
+    python scripts/bench.py algorithm.correction=tis --max-staleness 1 --train-seeds 0 1 2  # overrides first
 
 `--model` builds a model of that published shape with random weights in a temporary folder
 (scripts/random_model.py; nothing is downloaded): its completions run to the length limit,

@@ -72,6 +72,8 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("+recipe=nope", "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, embedded_tools, gr_dpo, gsm8k, gsm8k_cpu, gspo"),
     ("sampler.n=1", "sampler.n=1"),
     ("trainer.lr=-1", "trainer.lr"),
+    ("trainer.max_staleness=-1", "trainer.max_staleness=-1 must be >= 0"),
+    ("sampler.threads=-2", "sampler.threads=-2 must be >= 0"),
     ("algorithm.clip_eps_low=1.5", "clip_eps_low"),
     ("algorithm.advantage=foo", "valid: dr_grpo, grpo"),
     ("sampler.name=sglang", "valid: hf, vllm"),
