@@ -195,6 +195,9 @@ class TrainerConfig:
     keep_last: int = 0  # 0 = keep every checkpoint
     max_nonfinite_steps: int = 3  # stop after this many steps in a row with a NaN / inf loss or gradient
     max_staleness: int = 0  # > 0: the sampler generates ahead in its own process, at most this many policy versions behind
+    report_to: Any = field(default_factory=list)  # tensorboard | wandb | trackio, or a list of them: mirror metrics.jsonl to each
+    log_samples: int = 2  # prompts (each with its K completions) per completion sample; 0 = none
+    log_samples_every: int = 0  # steps between completion samples; 0 = only at evaluations
 
 
 @dataclass

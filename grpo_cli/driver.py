@@ -20,9 +20,11 @@ from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.learner import Learner
-from grpo_cli.metrics import MetricsFile, ProgressBar, console
+from grpo_cli.loggers import Loggers
+from grpo_cli.metrics import MetricsFile, ProgressBar, StepResult, console
 from grpo_cli.runtime import preflight
 from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
+from grpo_cli.samples import samples_table, write_samples
 from grpo_cli.schedule import is_due
 from grpo_cli.shutdown import StopRequest
 
@@ -42,8 +44,9 @@ class Job(Protocol):
     ranks: Ranks
     evaluates_base: bool  # the held-out figures of the base model mean something (written as step 0)
 
-    def step(self, step: int) -> dict[str, float]:
-        """Train on step `step` (0-based); the step's metrics, with loss/total and update/nonfinite."""
+    def step(self, step: int, samples: int) -> StepResult:
+        """Train on step `step` (0-based); the step's metrics, with loss/total and update/nonfinite,
+        and the completion samples of `samples` prompts (none for 0)."""
 
     def evaluate(self, step: int) -> Evaluation | None:
         """Held-out figures after `step` steps; None without held-out data."""
@@ -118,33 +121,53 @@ def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:
     """Evaluate the base (or restore), then step, evaluate and checkpoint to the end."""
     cfg = job.cfg
     start, base = restore(job, resume_from) if resume_from else (0, None)
-    metrics = MetricsFile(run_dir / "metrics.jsonl" if job.ranks.main else None, keep_through=start if resume_from else -1)
-    if resume_from is None and job.evaluates_base:
-        evaluation = job.evaluate(0)
-        base = as_dict(evaluation)
-        metrics.write({"step": 0, **as_record(evaluation)})
-    elif resume_from is not None:
-        console.print(f"resuming from {resume_from}: step {start} of {cfg.trainer.steps}")
+    main = job.ranks.main
+    metrics = MetricsFile(run_dir / "metrics.jsonl" if main else None, keep_through=start if resume_from else -1)
+    loggers = Loggers(cfg.trainer.report_to, run_dir if main else None, start if resume_from else None)
     final, saved, nonfinite = base, resume_from, 0
-    with metrics, ProgressBar(total=cfg.trainer.steps, start=start) as bar, StopRequest() as stop:
-        for step in range(start + 1, cfg.trainer.steps + 1):
-            record = {"step": step, **job.step(step - 1)}
-            record["loss"] = record["loss/total"]
-            if is_due(cfg.trainer.eval_every, step) or step == cfg.trainer.steps:
-                evaluation = job.evaluate(step)
-                final = as_dict(evaluation)
-                record.update(as_record(evaluation))
-            metrics.write(record)
-            bar.update(step, record)
-            if is_due(cfg.trainer.save_every, step) or step == cfg.trainer.steps:
-                saved = save_checkpoint(job, step, base)
-            nonfinite = nonfinite + 1 if record.get("update/nonfinite", 0.0) > 0 else 0
-            check_nonfinite(cfg, step, nonfinite, record, saved)
-            received = stop.received
-            if job.ranks.any(received is not None):  # every rank stops at the same step
-                stop_now(job, step, base, saved, received or signal.SIGTERM)
+    with metrics, loggers:
+        if resume_from is None and job.evaluates_base:
+            evaluation = job.evaluate(0)
+            final = base = as_dict(evaluation)
+            write_record({"step": 0, **as_record(evaluation)}, metrics, loggers)
+        elif resume_from is not None:
+            console.print(f"resuming from {resume_from}: step {start} of {cfg.trainer.steps}")
+        with ProgressBar(total=cfg.trainer.steps, start=start) as bar, StopRequest() as stop:
+            for step in range(start + 1, cfg.trainer.steps + 1):
+                evaluates = is_due(cfg.trainer.eval_every, step) or step == cfg.trainer.steps
+                shows = evaluates or is_due(cfg.trainer.log_samples_every, step)
+                result = job.step(step - 1, cfg.trainer.log_samples if shows else 0)
+                record = {"step": step, **result.metrics, "loss": result.metrics["loss/total"]}
+                if evaluates:
+                    evaluation = job.evaluate(step)
+                    final = as_dict(evaluation)
+                    record.update(as_record(evaluation))
+                write_record(record, metrics, loggers)
+                if result.samples and main:
+                    show_samples(run_dir, step, result.samples, loggers)
+                bar.update(step, record)
+                if is_due(cfg.trainer.save_every, step) or step == cfg.trainer.steps:
+                    saved = save_checkpoint(job, step, base)
+                nonfinite = nonfinite + 1 if record.get("update/nonfinite", 0.0) > 0 else 0
+                check_nonfinite(cfg, step, nonfinite, record, saved)
+                received = stop.received
+                if job.ranks.any(received is not None):  # every rank stops at the same step
+                    stop_now(job, step, base, saved, received or signal.SIGTERM)
     return {"run_dir": str(run_dir), "checkpoint": None if saved is None else str(saved), "base": base,
             "final": final, "steps": cfg.trainer.steps}
+
+
+def write_record(record: dict, metrics: MetricsFile, loggers: Loggers) -> None:
+    """metrics.jsonl first: it is the run's own record; the loggers mirror it."""
+    metrics.write(record)
+    loggers.log(record)
+
+
+def show_samples(run_dir: Path, step: int, rows: list[dict], loggers: Loggers) -> None:
+    """The step's completion samples: to the run folder, the loggers and the console."""
+    write_samples(run_dir, step, rows)
+    loggers.log_samples(step, rows)
+    console.print(samples_table(rows))
 
 
 def as_dict(evaluation: Evaluation | None) -> dict | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -14,6 +15,15 @@ from rich.table import Table
 # soft_wrap: a line naming a long path stays one line in a log file or a pipe, where rich
 # would otherwise break it at 80 columns.
 console = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class StepResult:
+    """What a training step reports. metrics: name -> value, with loss/total and
+    update/nonfinite; samples: completion samples (grpo_cli/samples.py), when asked for."""
+
+    metrics: dict[str, float]
+    samples: list[dict] = field(default_factory=list)
 
 
 def _clean(value):

@@ -29,6 +29,7 @@ from grpo_cli.distributed import Ranks
 from grpo_cli.errors import UserError
 from grpo_cli.learner import Learner
 from grpo_cli.logprobs import sequence_logprobs
+from grpo_cli.metrics import StepResult
 from grpo_cli.runtime import DTYPES, load_tokenizer, pick_device
 from grpo_cli.schedule import step_indices
 from grpo_cli.types import Sequences, left_pad
@@ -69,8 +70,9 @@ class PreferenceRun:
     # At step 0 the policy is the reference: every margin is 0, so there is nothing to measure.
     evaluates_base: ClassVar[bool] = False
 
-    def step(self, step: int) -> dict[str, float]:
-        return preference_step(self, step)
+    def step(self, step: int, samples: int = 0) -> StepResult:
+        """samples: completion samples are an RL notion; a pair step has none."""
+        return StepResult(preference_step(self, step))
 
     def evaluate(self, step: int) -> PairEvaluation | None:
         """The held-out pairs' group figures for the current policy."""

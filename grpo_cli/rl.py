@@ -29,7 +29,7 @@ from grpo_cli.environments import EpisodeSpec, episode_spec, run_episodes
 from grpo_cli.errors import UserError
 from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
 from grpo_cli.learner import Learner
-from grpo_cli.metrics import console
+from grpo_cli.metrics import StepResult, console
 from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.rollout_worker import Lookahead, RolloutWorker, sampler_device, split_threads
 from grpo_cli.runtime import (
@@ -42,6 +42,7 @@ from grpo_cli.runtime import (
     sampling_params,
 )
 from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
+from grpo_cli.samples import sample_rows
 from grpo_cli.schedule import derived_seed, is_due, step_indices
 from grpo_cli.types import PromptBatch, Rollouts, Scores, Sequences, TrainBatch
 
@@ -65,8 +66,8 @@ class Run:
     lookahead: Lookahead | None = None  # trainer.max_staleness > 0: batches generated ahead
     evaluates_base: ClassVar[bool] = True
 
-    def step(self, step: int) -> dict[str, float]:
-        return train_step(self, step)
+    def step(self, step: int, samples: int = 0) -> StepResult:
+        return train_step(self, step, samples)
 
     def evaluate(self, step: int) -> EvalResult | None:
         """Accuracy and pass@k on the held-out prompts; every rank scores its share."""
@@ -139,8 +140,9 @@ def start_async(cfg: GrpoConfig, policy_path: str, device: torch.device, ranks: 
     return learner, RolloutWorker(cfg, policy_path, where, learner.weights(), sampler_threads)
 
 
-def train_step(run: Run, step: int) -> dict[str, float]:
-    """One generation round (more for dynamic sampling) and its updates; returns the metrics."""
+def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
+    """One generation round (more for dynamic sampling) and its updates; the metrics, and the
+    completions of `samples` prompts with their rewards and advantages."""
     cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
     rollouts, scores, selection, sampling = collect(run, step, clock)
     logged = {**rollout_metrics(rollouts, scores, selection, algorithm), **sampling, **selection.metrics}
@@ -149,7 +151,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                       **{"async/dropped_stale": float(run.lookahead.dropped)})
     run.difficulty.record(scores.total, rollouts.group_ids)
     if not selection.kept.any():
-        return {**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)}
+        return StepResult({**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)})
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
     run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
     sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
@@ -166,7 +168,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     clock.lap("update")
     run.sampler.load_weights(run.learner.weights(), version=step + 1)
     clock.lap("push")
-    return {**logged, **update, **clock.metrics(rollouts)}
+    shown = sample_rows(run.tokenizer, rollouts, scores, advantages, sequences.loss_mask, samples, step + 1) if samples else []
+    return StepResult({**logged, **update, **clock.metrics(rollouts)}, shown)
 
 
 def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:

@@ -33,7 +33,8 @@ from grpo_cli.metrics import console
 RESUMABLE = ("trainer.steps", "trainer.save_every", "trainer.eval_every", "trainer.keep_last",
              "trainer.max_nonfinite_steps", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
              "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "sampler.threads",
-             "reward.workers", "eval.", "score.", "device", "resume", "overwrite", "output_dir")
+             "reward.workers", "trainer.report_to", "trainer.log_samples", "trainer.log_samples_every", "eval.", "score.",
+             "device", "resume", "overwrite", "output_dir")
 LEADING = (".name", ".name_or_path", ".path", ".objective")
 SHOWN_CHANGES = 5  # a resume into another run's checkpoint can differ in dozens of keys
 

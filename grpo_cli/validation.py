@@ -20,6 +20,7 @@ from grpo_cli.environments import ENVIRONMENTS, environment_class
 from grpo_cli.environments.tools import tool_schemas
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
+from grpo_cli.loggers import LOGGERS, check_ready
 from grpo_cli.rewards.catalog import (
     IN_PROCESS,
     REWARDS,
@@ -141,8 +142,13 @@ def _validate_trainer(cfg: GrpoConfig) -> None:
     _require(t.logprob_chunk >= 0, f"trainer.logprob_chunk={t.logprob_chunk} must be >= 0 (0: no chunking)")
     _require(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     _require(t.max_staleness >= 0, f"trainer.max_staleness={t.max_staleness} must be >= 0 (0: generate, then train)")
-    for key in ("save_every", "eval_every", "keep_last"):
+    for key in ("save_every", "eval_every", "keep_last", "log_samples", "log_samples_every"):
         _require(getattr(t, key) >= 0, f"trainer.{key}={getattr(t, key)} must be >= 0")
+    t.report_to = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to or [])  # TRL's spelling: one name
+    for name in t.report_to:
+        _require_name(name, LOGGERS, "trainer.report_to")
+    _require(len(set(t.report_to)) == len(t.report_to), f"trainer.report_to={t.report_to} names a logger twice")
+    check_ready(t.report_to)
     batch = t.prompts_per_step * cfg.sampler.n
     _require(batch <= MAX_COMPLETIONS_PER_STEP,
              f"trainer.prompts_per_step x sampler.n = {batch:,} completions per step (up to "

@@ -9,6 +9,7 @@ and weight push; completion tokens per second; peak memory.
     python scripts/bench.py --max-staleness 0 1      # synchronous against generation one step ahead
     python scripts/bench.py --max-staleness 0 1 --train-seeds 0 1 2   # whole 100-step runs: accuracy too
     python scripts/bench.py algorithm.correction=tis --max-staleness 1 --train-seeds 0 1 2  # overrides first
+    python scripts/bench.py --report-to tensorboard  # what logging a step to TensorBoard costs
 
 `--model` builds a model of that published shape with random weights in a temporary folder
 (scripts/random_model.py; nothing is downloaded): its completions run to the length limit,
@@ -32,11 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from grpo_cli.compose import compose, to_object
+from grpo_cli.compose import compose, to_object, to_yaml
+from grpo_cli.loggers import Loggers
 from grpo_cli.validation import validate
 from grpo_cli.rl import build, train_step
 from grpo_cli.runtime import DTYPES, quiet_libraries
@@ -64,6 +67,22 @@ def flag_overrides(args, folder: str) -> list[str]:
     return out
 
 
+def run_steps(run, args, run_dir: Path, config_yaml: str) -> tuple[list[dict], list[float]]:
+    """The measured steps' metrics, and the seconds the loggers of --report-to took on each."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    steps, log_s = [], []
+    with Loggers(args.report_to, run_dir, None) as loggers:
+        for step in range(args.warmup + args.steps):
+            metrics = train_step(run, step).metrics
+            start = time.perf_counter()
+            loggers.log({"step": step + 1, **metrics})
+            if step >= args.warmup:
+                steps.append(metrics)
+                log_s.append(time.perf_counter() - start)
+    return steps, log_s
+
+
 def measure(args, max_staleness: int) -> dict:
     """The step's figures for one trainer.max_staleness, on a run built in this process."""
     threads = torch.get_num_threads()  # an asynchronous run gives half of them to its sampler
@@ -75,7 +94,7 @@ def measure(args, max_staleness: int) -> dict:
         if run.learner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            steps = [train_step(run, step) for step in range(args.warmup + args.steps)][args.warmup:]
+            steps, log_s = run_steps(run, args, Path(folder) / "run", to_yaml(cfg, resolve=True))
         finally:
             run.close()
             learner_threads = torch.get_num_threads()
@@ -86,6 +105,9 @@ def measure(args, max_staleness: int) -> dict:
         m["completion/mean_length"] for m in steps) * cfg.trainer.prompts_per_step * cfg.sampler.n
     figures["generation_tokens_per_s"] = statistics.mean(m["perf/generation_tokens_per_second"] for m in steps)
     figures["tokens_per_s"] = statistics.mean(m["perf/tokens_per_second"] for m in steps)
+    if args.report_to:  # what trainer.report_to adds to a step: the loggers' share of its time
+        figures["log_s"] = statistics.mean(log_s)
+        figures["log_share_of_step"] = figures["log_s"] / figures["step_s"]
     figures.update(peak_memory_mib(run.learner.device))
     figures.update(device=str(run.learner.device), threads=learner_threads, max_staleness=max_staleness,
                    steps=args.steps, batch=f"{cfg.trainer.prompts_per_step} prompts x {cfg.sampler.n}",
@@ -136,6 +158,8 @@ def main() -> int:
                         help="trainer.max_staleness values, measured in turn")
     parser.add_argument("--train-seeds", type=int, nargs="+",
                         help="whole grpo train runs with these seeds instead of --steps steps")
+    parser.add_argument("--report-to", nargs="+", default=[], choices=("tensorboard", "wandb", "trackio"),
+                        help="log every step to these loggers (trainer.report_to) and time it: log_s, log_share_of_step")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()

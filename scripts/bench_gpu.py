@@ -107,7 +107,7 @@ def step_split(run, steps: int) -> dict[str, float]:
     probe = Sequences.from_rollouts(run.sampler.generate(run.train_prompts.take([0, 1, 2, 3]), run.train_params,
                                                             seeds=[0, 1, 2, 3]))
     before = run.learner.policy_logprobs(probe)
-    records = [train_step(run, step) for step in range(steps + 1)][1:]
+    records = [train_step(run, step).metrics for step in range(steps + 1)][1:]
     after = run.learner.policy_logprobs(probe)
     out = {f"step_{k.removeprefix('time/')}_s": statistics.mean(r[k] for r in records)
            for k in records[0] if k.startswith("time/")}

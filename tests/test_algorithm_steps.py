@@ -16,7 +16,7 @@ def test_two_steps(make_cfg, algorithm):
                    "algorithm.epochs=2", "algorithm.mini_batches=2")
     run = build(cfg, cfg.model.name_or_path)
     before = [p.detach().clone() for p in run.learner.model.parameters()]
-    metrics = [train_step(run, step) for step in range(2)]
+    metrics = [train_step(run, step).metrics for step in range(2)]
     assert all(math.isfinite(m["loss/total"]) for m in metrics)
     assert any(not torch.equal(a, b) for a, b in zip(before, run.learner.model.parameters()))
     assert metrics[1]["ratio/mean"] != 1.0  # later mini-batches are off-policy
@@ -47,7 +47,7 @@ def test_no_group_with_a_spread_skips_the_update(make_cfg):
                    "reward.correct_above=-10")
     run = build(cfg, cfg.model.name_or_path)
     before = [p.detach().clone() for p in run.learner.model.parameters()]
-    metrics = train_step(run, 0)
+    metrics = train_step(run, 0).metrics
     assert metrics["update/skipped"] == 1.0 and metrics["sampling/rounds"] == 2.0
     assert metrics["sampling/dropped_groups"] == 4.0 and metrics["sampling/partial_batch"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, run.learner.model.parameters()))

@@ -17,7 +17,7 @@ def test_cuda_step_matches_the_cpu_layout(make_cfg):
     cfg = make_cfg("device=cuda", "trainer.prompts_per_step=4")
     run = build(cfg, cfg.model.name_or_path)
     assert next(run.learner.model.parameters()).is_cuda
-    metrics = train_step(run, 0)
+    metrics = train_step(run, 0).metrics
     assert metrics["mismatch/abs_logprob_gap"] < 1e-3
     assert torch.isfinite(torch.tensor(metrics["loss/total"]))
 
@@ -37,7 +37,7 @@ def test_vllm_push_keeps_sampler_and_learner_logprobs_together(make_cfg):
     try:
         batch = run.train_prompts.take(list(range(8)))
         fixed = run.sampler.generate(batch, run.train_params, seeds=list(range(8)))
-        gaps = [train_step(run, step)["mismatch/abs_logprob_gap"] for step in range(4)]
+        gaps = [train_step(run, step).metrics["mismatch/abs_logprob_gap"] for step in range(4)]
         again = run.sampler.generate(batch, run.train_params, seeds=list(range(8)))
     finally:
         run.sampler.close()  # vLLM holds one engine per process
