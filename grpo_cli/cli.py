@@ -27,12 +27,16 @@ commands:
             grpo validate [the same overrides as train]
   score   run the configured rewards on your own completions and summarise them
           grpo score completions=FILE.jsonl [output=OUT.jsonl] [reward=...] [data.answer_key=...]
+  plot    curves from run folders, overlaid: grpo plot RUN [RUN ...] [--metrics a,b] [--out FILE.png]
+  runs    one line per run folder under DIR: grpo runs [DIR]
 
 configuration (Hydra): groups algorithm=, model=, reward=, sampler=, data=, trainer=;
 any key with dotted paths (trainer.steps=50 sampler.n=16); +recipe=NAME for a whole
 experiment from recipes/ (or a folder in $GRPO_RECIPE_PATH).
 
 options:
+  -m          grpo train -m a=1,2 b=x,y: one run per point of the grid, in turn, under one
+              sweep folder (output_dir, default multirun/DATE_TIME), then a table and sweep.png
   --cfg job   print the composed configuration and exit (--resolve to resolve it)
   --debug     show full tracebacks
   -h, --help  this message
@@ -53,6 +57,8 @@ ALIASES = {"eval": {"checkpoint": "eval.checkpoint", "output": "eval.output"},
 
 # Each command's module, imported once the configuration is composed (they import torch).
 COMMANDS = {name: f"grpo_cli.commands.{name}" for name in ("train", "eval", "validate", "score")}
+# Commands that read run folders, not a configuration: each module's main(args) parses its own.
+FOLDER_COMMANDS = {name: f"grpo_cli.commands.{name}" for name in ("plot", "runs")}
 
 
 def _expand_aliases(command: str, overrides: list[str]) -> list[str]:
@@ -65,7 +71,7 @@ def _expand_aliases(command: str, overrides: list[str]) -> list[str]:
 
 
 def _split_flags(args: list[str]) -> tuple[list[str], dict]:
-    flags = {"cfg": None, "resolve": False, "debug": os.environ.get("HYDRA_FULL_ERROR") == "1", "help": False}
+    flags = {"multirun": False, "cfg": None, "resolve": False, "debug": os.environ.get("HYDRA_FULL_ERROR") == "1", "help": False}
     overrides: list[str] = []
     it = iter(args)
     for arg in it:
@@ -73,6 +79,8 @@ def _split_flags(args: list[str]) -> tuple[list[str], dict]:
             flags["help"] = True
         elif arg in ("--cfg", "-c"):
             flags["cfg"] = next(it, "job")
+        elif arg in ("-m", "--multirun"):
+            flags["multirun"] = True
         elif arg == "--resolve":
             flags["resolve"] = True
         elif arg == "--debug":
@@ -103,14 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = args[0], args[1:]
+    if command in FOLDER_COMMANDS:
+        return _run_folder_command(command, rest)
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; use one of: {', '.join([*COMMANDS, *FOLDER_COMMANDS])}",
+              file=sys.stderr)
         return 2
     overrides, flags = _split_flags(rest)
     if flags["help"]:
         print(USAGE)
         return 0
     try:
+        if flags["multirun"]:
+            if command != "train":
+                raise UserError(f"-m (a sweep) is for grpo train, not grpo {command}")
+            return import_module("grpo_cli.sweep").main(overrides)
         return _run(command, overrides, flags)
     except UserError as error:
         if flags["debug"]:
@@ -123,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _run_folder_command(command: str, args: list[str]) -> int:
+    debug = "--debug" in args or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        return import_module(FOLDER_COMMANDS[command]).main([a for a in args if a != "--debug"])
+    except UserError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def _run(command: str, overrides: list[str], flags: dict) -> int:

@@ -5,7 +5,8 @@
 Each run is `grpo train +recipe=METHOD seed=S` in a fresh process. Writes DIR/results.json (one
 object per method and seed: method, seed, worst_group_accuracy, mean_group_accuracy, each
 group's accuracy, seconds), DIR/results.md (the per-seed rows and the mean of each method) and
-DIR/preference.png (α of each group and each group's held-out preference accuracy against step).
+DIR/preference.png (α of each group and each group's held-out preference accuracy against step,
+the methods of the first seed overlaid; drawn by grpo_cli/plot.py).
 Prints the table.
 """
 
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from grpo_cli.plot import plot_runs
 
 GROUP_PREFIX = "eval/"
 SUFFIX = "/preference_accuracy"
@@ -58,29 +61,10 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], out: Path, seed: int) -> None:
-    """Seed `seed` of every method: α per group (top) and held-out accuracy per group (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Seed `seed` of every method, overlaid: α per group and held-out accuracy per group."""
     methods = [r["method"] for r in results if r["seed"] == seed]
-    figure, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 7), sharex=True, squeeze=False)
-    for column, method in enumerate(methods):
-        rows = [json.loads(line) for line in (out / "runs" / f"{method}_seed{seed}" / "metrics.jsonl").read_text().splitlines()]
-        for key in sorted({k for r in rows for k in r if k.startswith("alpha/")}):
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            axes[0][column].plot(*zip(*points), label=key.removeprefix("alpha/"))
-        for key in sorted({k for r in rows for k in r if k.endswith(SUFFIX)}):
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            axes[1][column].plot(*zip(*points), marker="o", label=key[len(GROUP_PREFIX):-len(SUFFIX)])
-        axes[0][column].set_title(f"{method} (seed {seed}): α")
-        axes[1][column].set_title("held-out preference accuracy")
-        axes[1][column].set_xlabel("step")
-        for axis in (axes[0][column], axes[1][column]):
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "preference.png", dpi=110)
+    plot_runs([out / "runs" / f"{method}_seed{seed}" for method in methods], out / "preference.png",
+              metrics=["alpha", "group_accuracy"], smooth=0)
 
 
 def main() -> int:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from grpo_cli.plot import plot_runs
+
 ALGORITHMS = ["grpo", "grpo_process", "dr_grpo", "dapo", "gspo", "gspo_token", "gfpo", "gfpo_adaptive",
               "rloo", "reinforce_pp", "reinforce_pp_baseline", "cispo"]
 
@@ -86,30 +88,9 @@ def table(results: list[dict]) -> str:
 
 
 def plot(names: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (accuracy, length) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
-    colours = plt.get_cmap("tab10").colors
-    for index, name in enumerate(names):
-        # Ten colours, then dashed: twelve algorithms must not share a line style.
-        style = {"color": colours[index % 10], "linestyle": "-" if index < 10 else "--"}
-        rows = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines() if line]
-        evals = [r for r in rows if "eval/accuracy" in r]
-        accuracy.plot([r["step"] for r in evals], [r["eval/accuracy"] for r in evals], marker="o", ms=3, label=name, **style)
-        steps = [r for r in rows if r["step"] > 0]
-        values = [r["completion/mean_length"] for r in steps]
-        smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
-        length.plot([r["step"] for r in steps], smooth, label=name, **style)
-    accuracy.set(xlabel="step", ylabel="held-out accuracy (mean@k)", title="held-out accuracy")
-    length.set(xlabel="step", ylabel="tokens", title="mean completion length (training, 5-step mean)")
-    for axis in (accuracy, length):
-        axis.grid(alpha=0.3)
-    length.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    figure.savefig(out / "variants.png", bbox_inches="tight")
+    """variants.png: held-out accuracy and training completion length (smoothed) of every run."""
+    plot_runs([out / "runs" / name for name in names], out / "variants.png",
+              metrics=["eval/accuracy", "completion/mean_length"])
 
 
 def main(argv=None) -> int:
@@ -132,7 +113,8 @@ def main(argv=None) -> int:
     results = [summarise(n, args.out / "runs" / n, seconds.get(n, float("nan")), args.seed) for n in done]
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(table(results))
-    plot(done, args.out)
+    if done:
+        plot(done, args.out)
     print(table(results))
     return 1 if failed else 0
 

@@ -1,1 +1,3 @@
-"""One module per `grpo` command, each with `run(cfg, config_yaml, overrides) -> exit status`."""
+"""One module per `grpo` command: train, eval, validate and score have
+`run(cfg, config_yaml, overrides) -> exit status`; plot and runs read run folders and have
+`main(args) -> exit status`."""
