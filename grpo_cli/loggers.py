@@ -29,6 +29,7 @@ import yaml
 
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console
+from grpo_cli.rundir import flat_config
 
 STATE_FILE = "loggers.json"
 SAMPLE_COLUMNS = ("prompt", "completion", "reward", "advantage", "length", "truncated", "correct")
@@ -45,12 +46,10 @@ def check_ready(names: list[str]) -> None:
         LOGGERS[name].check()
 
 
-def _flat(node, prefix: str = "") -> dict:
-    """Nested config -> {"trainer.lr": 0.0003, ...}, lists and None as text (TensorBoard's
-    hyper-parameters take numbers, booleans and strings only)."""
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node if isinstance(node, (int, float, bool, str)) else json.dumps(node)}
+def _hyperparameters(config: dict) -> dict:
+    """The flat config, lists and None as text (TensorBoard's hyper-parameters take numbers,
+    booleans and strings only)."""
+    return {k: v if isinstance(v, (int, float, bool, str)) else json.dumps(v) for k, v in flat_config(config).items()}
 
 
 def _scalars(record: dict) -> dict[str, float]:
@@ -71,7 +70,7 @@ class TensorBoardLogger:
         self.writer = summary_writer.SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10,
                                                    purge_step=None if resumed_at is None else resumed_at + 1)
         if resumed_at is None:
-            for summary in hparams(_flat(config), {"eval/accuracy": math.nan}):
+            for summary in hparams(_hyperparameters(config), {"eval/accuracy": math.nan}):
                 self.writer.file_writer.add_summary(summary)
             self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```", 0)
 
@@ -138,7 +137,7 @@ class TrackioLogger(RunLogger):
         state.setdefault("project", os.environ.get("TRACKIO_PROJECT", "grpo"))
         state.setdefault("name", f"{run_dir.name}-{uuid.uuid4().hex[:6]}")  # a run name is its id in trackio
         with contextlib.redirect_stdout(io.StringIO()):  # its banner would break the progress bar
-            self.run = self.library.init(project=state["project"], name=state["name"], config=_flat(config),
+            self.run = self.library.init(project=state["project"], name=state["name"], config=_hyperparameters(config),
                                          resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
         console.print(f"trackio: project {state['project']}, run {state['name']} "
                       f"(trackio show --project {state['project']})")
@@ -151,7 +150,7 @@ class TrackioLogger(RunLogger):
 # trainer.report_to
 LOGGERS = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger, "trackio": TrackioLogger}
 # Those that cannot rewrite a step: steps they already hold are not sent again.
-APPEND_ONLY = ("wandb", "trackio")
+APPEND_ONLY = {"wandb", "trackio"}
 
 
 class Loggers:
@@ -180,7 +179,7 @@ class Loggers:
                 continue
             logger.log(step, scalars)
             self.state[name]["last_step"] = step
-        if self.loggers:
+        if APPEND_ONLY & self.loggers.keys():  # only they need to know their last step
             self._save()
 
     def log_samples(self, step: int, rows: list[dict]) -> None:

@@ -41,12 +41,13 @@ SHOWN_CHANGES = 5  # a resume into another run's checkpoint can differ in dozens
 LOCK_FILE = ".lock"
 
 
-def _flat(node, prefix: str = "") -> dict:
+def flat_config(node, prefix: str = "") -> dict:
+    """A nested config as {"trainer.lr": 0.0003, ...}."""
     if not isinstance(node, dict):
         return {prefix: node}
     out = {}
     for key, value in node.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        out.update(flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
 
 
@@ -54,7 +55,7 @@ def changed_keys(saved_yaml: str, config_yaml: str) -> list[str]:
     """Keys whose value differs between two composed configs, other than RESUMABLE ones and
     keys the saved one lacks (added by a later version, at their defaults); the choices that
     imply the others (algorithm.name, model.name_or_path, data.path...) first."""
-    saved, new = _flat(yaml.safe_load(saved_yaml) or {}), _flat(yaml.safe_load(config_yaml) or {})
+    saved, new = flat_config(yaml.safe_load(saved_yaml) or {}), flat_config(yaml.safe_load(config_yaml) or {})
     keys = sorted(saved.keys(), key=lambda key: (not key.endswith(LEADING), key))
     return [f"{key} ({saved.get(key)} -> {new.get(key)})" for key in keys
             if saved.get(key) != new.get(key) and not key.startswith(RESUMABLE)]
