@@ -9,7 +9,6 @@ one step, evaluate, and keep its own state in a checkpoint; nothing else differs
 from __future__ import annotations
 
 import contextlib
-import shlex
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
 from grpo_cli.metrics import MetricsFile, ProgressBar, StepResult, console
 from grpo_cli.runtime import preflight
-from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
+from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir, read_overrides, resume_command
 from grpo_cli.samples import samples_table, write_samples
 from grpo_cli.schedule import is_due
 from grpo_cli.shutdown import StopRequest
@@ -219,6 +218,10 @@ def stop_now(job: Job, step: int, base: dict | None, saved, received: signal.Sig
     """After a SIGINT / SIGTERM: make sure this step is saved, say how to resume, stop."""
     if saved is None or Path(saved).name != f"step_{step}":
         saved = save_checkpoint(job, step, base)
-    resume = shlex.join(["grpo", "train", f"output_dir={job.cfg.output_dir}", "resume=auto"])
+    run_dir = Path(job.cfg.output_dir)
+    try:
+        resume = resume_command(run_dir, read_overrides(run_dir))
+    except ValueError as error:  # the stop must still be said; the command then lacks the overrides
+        resume = f"{resume_command(run_dir, [])} plus the run's overrides ({error})"
     raise RunStopped(f"{received.name}: stopped after step {step}; checkpoint: {saved}\n"
-                     f"resume with: {resume} (and the same overrides)", exit_code=128 + int(received))
+                     f"resume with: {resume}", exit_code=128 + int(received))

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import json
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,17 +28,14 @@ import yaml
 
 from grpo_cli.checkpoint import list_checkpoints
 from grpo_cli.errors import one_line
-from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder
+from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder, read_overrides, resume_command
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-OVERRIDES_FILE = "overrides.yaml"
 SUMMARY_FILE = "summary.json"
 # The held-out accuracy each objective logs: the RL objective's mean@k (evaluate.EvalResult),
 # the preference objective's preference accuracy averaged over groups (offline.PairEvaluation).
 ACCURACY_KEYS = {"rl": "eval/accuracy", "preference": "eval/mean_group_accuracy"}
-# A run's own overrides that the resume command sets itself.
-RESUME_SETS = ("output_dir", "resume", "overwrite")
 
 
 @dataclass
@@ -76,8 +72,7 @@ class RunInfo:
         resume may not change what it trains); None unless it is stopped with a checkpoint."""
         if self.status != "stopped" or self.checkpoint is None:
             return None
-        own = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_SETS]
-        return shlex.join(["grpo", "train", *own, f"output_dir={self.path}", "resume=auto"])
+        return resume_command(self.path, self.overrides)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -205,18 +200,11 @@ def _read_summary(info: RunInfo) -> None:
 
 
 def _read_overrides(info: RunInfo) -> list[str]:
-    path = info.path / OVERRIDES_FILE
-    if not path.exists():
-        return []
     try:
-        overrides = yaml.safe_load(path.read_text()) or []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        info.problems.append(f"{OVERRIDES_FILE} cannot be read: {one_line(error)}")
+        return read_overrides(info.path)
+    except ValueError as error:
+        info.problems.append(str(error))
         return []
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        info.problems.append(f"{OVERRIDES_FILE} is not a list of KEY=VALUE overrides")
-        return []
-    return overrides
 
 
 def lock_holder(run_dir: Path, problems: list[str] | None = None) -> dict | None:

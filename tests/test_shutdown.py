@@ -4,6 +4,7 @@ turns non-finite skips those updates and stops with a message."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -95,9 +96,12 @@ def test_a_stop_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, 
     _, err = process.communicate(timeout=240)
     assert process.returncode == 128 + sig
     last = records(run_dir)[-1]["step"]
-    assert f"{sig.name}: stopped after step {last}" in err and "resume with: grpo train" in err
+    assert f"{sig.name}: stopped after step {last}" in err
     assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.pt").is_file()
-    assert main(["train", f"output_dir={run_dir}", "resume=auto", *RUN]) == 0
+    # The printed command, pasted as it is, carries the run's own overrides and continues it.
+    command = shlex.split(err.split("resume with: ", 1)[1].splitlines()[0])
+    assert command[:2] == ["grpo", "train"] and command[2:] == [*RUN, f"output_dir={run_dir}", "resume=auto"]
+    assert main(command[1:]) == 0
     assert_same_run(records(run_dir), reference, from_step=last)
 
 
