@@ -12,9 +12,9 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-import yaml
 
 from grpo_cli.errors import RunStopped, UserError
+from grpo_cli.overrides import OVERRIDES_FILE, inherited, read_overrides
 
 USAGE = """usage: grpo <command> [KEY=VALUE ...] [--cfg job] [--resolve] [--debug]
 
@@ -96,13 +96,14 @@ def _eval_overrides(overrides: list[str]) -> list[str]:
     """Put the trained run's own overrides first so that a checkpoint is scored on the data
     and rewards it was trained with."""
     checkpoint = next((o.split("=", 1)[1] for o in overrides if o.startswith("eval.checkpoint=")), None)
-    run_overrides = Path(checkpoint or "", "..", "..", "overrides.yaml") if checkpoint else None
-    if run_overrides is None or not run_overrides.is_file():
+    if checkpoint is None:
         return overrides
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    inherited = [o for o in yaml.safe_load(run_overrides.read_text()) or []
-                 if o.split("=", 1)[0].lstrip("+~") not in given | {"output_dir", "resume", "overwrite"}]
-    return inherited + overrides
+    run_dir = Path(checkpoint).resolve().parent.parent
+    try:
+        return inherited(read_overrides(run_dir), overrides) + overrides
+    except ValueError as error:
+        raise UserError(f"the run folder of checkpoint={checkpoint}: {error}; repair {run_dir / OVERRIDES_FILE} "
+                        f"(a YAML list of the run's KEY=VALUE overrides) or delete it and pass them yourself") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import errno
 import fcntl
 import json
 import os
-import shlex
 import socket
 import time
 from pathlib import Path
@@ -25,12 +24,10 @@ import yaml
 
 from grpo_cli import checkpoint
 from grpo_cli.config import GrpoConfig
-from grpo_cli.errors import UserError, one_line
+from grpo_cli.errors import UserError
 from grpo_cli.metrics import console
+from grpo_cli.overrides import OVERRIDES_FILE
 
-OVERRIDES_FILE = "overrides.yaml"
-# A run's own overrides that the resume command sets itself.
-RESUME_SETS = ("output_dir", "resume", "overwrite")
 # What a resumed run may change: how long it runs, how it reports, where its folder now lies
 # and how it uses the machine; never what it trains (algorithm, model, data, rewards,
 # sampling, optimizer).
@@ -119,28 +116,6 @@ def prepare_run_dir(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> 
     saved.write_text(config_yaml)
     (run_dir / OVERRIDES_FILE).write_text(yaml.safe_dump(list(overrides)))
     return run_dir
-
-
-def resume_command(run_dir: Path, overrides: list[str]) -> str:
-    """The command that continues the run in `run_dir`: its own overrides (a resume may not
-    change what it trains) with the folder and resume=auto."""
-    own = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_SETS]
-    return shlex.join(["grpo", "train", *own, f"output_dir={run_dir}", "resume=auto"])
-
-
-def read_overrides(run_dir: Path) -> list[str]:
-    """The overrides the run in `run_dir` started with ([] if it has no overrides.yaml);
-    ValueError naming what is wrong with a damaged file."""
-    path = run_dir / OVERRIDES_FILE
-    if not path.exists():
-        return []
-    try:
-        overrides = yaml.safe_load(path.read_text()) or []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{OVERRIDES_FILE} cannot be read: {one_line(error)}") from error
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise ValueError(f"{OVERRIDES_FILE} is not a list of KEY=VALUE overrides")
-    return overrides
 
 
 class RunLock:

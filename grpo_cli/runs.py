@@ -28,7 +28,8 @@ import yaml
 
 from grpo_cli.checkpoint import list_checkpoints
 from grpo_cli.errors import one_line
-from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder, read_overrides, resume_command
+from grpo_cli.overrides import read_overrides, resume_command
+from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

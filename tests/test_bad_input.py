@@ -65,8 +65,9 @@ def world(tmp_path_factory):
         assert main(["train", f"output_dir={root / RUN}", *SHORT, "trainer.save_every=1"]) == 0
         assert main(["train", "+recipe=dpo", f"output_dir={root / 'dpo'}", "trainer.steps=1", "trainer.eval_every=0",
                      "eval.num_prompts=4"]) == 0
-    for name in ("cut_weights", "cut_state"):
+    for name in ("cut_weights", "cut_state", "bad_overrides"):
         shutil.copytree(root / RUN, root / name)
+    (root / "bad_overrides/overrides.yaml").write_text("[trainer.steps=2\n")
     cut(root / "cut_weights/checkpoints/step_2/model.safetensors")
     cut(root / "cut_state/checkpoints/step_2/trainer_state.pt", keep=0.01)
     shutil.copytree(root / RUN / "checkpoints/step_2", root / "no_tokenizer")
@@ -156,6 +157,9 @@ CASES = [
     # eval and score
     (["eval", "checkpoint={root}/cut_weights/checkpoints/step_2"], 2,
      "the newest intact one before it is {root}/cut_weights/checkpoints/step_1: checkpoint="),
+    (["eval", "checkpoint={root}/bad_overrides/checkpoints/step_2"], 2,
+     "the run folder of checkpoint={root}/bad_overrides/checkpoints/step_2: overrides.yaml cannot be read: while "
+     "parsing a flow sequence"),
     (["eval", "checkpoint={root}/no_tokenizer"], 2, "has no tokenizer files (tokenizer_config.json missing)"),
     (["eval", "eval.num_prompts=2", "output={root}/results"], 2, "output={root}/results is a folder; give a file name"),
     (["score", "completions={root}/rows.jsonl", "output={root}/results"], 2, "output={root}/results is a folder"),
