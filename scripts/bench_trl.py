@@ -37,6 +37,13 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+
+try:
+    from trl import GRPOConfig, GRPOTrainer
+except ImportError:
+    sys.exit("scripts/bench_trl.py needs TRL (pip install trl), in a virtual environment of its own: see its header")
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import GrpoConfig
@@ -58,9 +65,7 @@ def trl_reward(rewards: RewardSet):
     return final_reward
 
 
-def trl_config(cfg: GrpoConfig, steps: int, seed: int, folder: Path):
-    from trl import GRPOConfig
-
+def trl_config(cfg: GrpoConfig, steps: int, seed: int, folder: Path) -> GRPOConfig:
     a, s, t = cfg.algorithm, cfg.sampler, cfg.trainer
     if a.aggregation not in LOSS_TYPES or a.kl_in != "loss" or a.kl_estimator != "k3" or a.advantage != "grpo":
         raise SystemExit(f"algorithm {a.name} has no TRL GRPOTrainer counterpart here; compare the default GRPO")
@@ -75,34 +80,27 @@ def trl_config(cfg: GrpoConfig, steps: int, seed: int, folder: Path):
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
 
 
-def step_clock():
-    """A TRL callback that records each training step's wall-clock seconds."""
-    from transformers import TrainerCallback
+class StepClock(TrainerCallback):
+    """Each training step's wall-clock seconds: generation, rewards, log-probs and update."""
 
-    class StepClock(TrainerCallback):
-        def __init__(self):
-            self.seconds: list[float] = []
+    def __init__(self):
+        self.seconds: list[float] = []
+        self.start = 0.0
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kwargs):
-            self.seconds.append(time.perf_counter() - self.start)
-
-    return StepClock()
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self.start)
 
 
 def train_trl(cfg: GrpoConfig, steps: int, seed: int, folder: Path) -> tuple[Path, list[float]]:
     """TRL's GRPOTrainer on our prompts and rewards; the saved model and each step's seconds."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, PrinterCallback
-    from trl import GRPOTrainer
-
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     prompts = load_and_report(cfg.data.path, cfg.data.split, cfg, tokenizer)
     dataset = Dataset.from_dict({"prompt": prompts.prompts, "example": [json.dumps(e) for e in prompts.examples]})
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32)
-    clock = step_clock()
+    clock = StepClock()
     with RewardSet(cfg.reward, tokenizer) as rewards:
         trainer = GRPOTrainer(model=model, reward_funcs=trl_reward(rewards), args=trl_config(cfg, steps, seed, folder),
                               train_dataset=dataset, processing_class=tokenizer, callbacks=[clock])
