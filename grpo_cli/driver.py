@@ -20,7 +20,7 @@ from grpo_cli.distributed import Ranks
 from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
-from grpo_cli.metrics import MetricsFile, ProgressBar, StepResult, console
+from grpo_cli.metrics import METRICS_FILE, MetricsFile, ProgressBar, StepResult, console
 from grpo_cli.runtime import preflight
 from grpo_cli.overrides import read_overrides, resume_command
 from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
@@ -122,7 +122,7 @@ def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:
     cfg = job.cfg
     start, base = restore(job, resume_from) if resume_from else (0, None)
     main = job.ranks.main
-    metrics = MetricsFile(run_dir / "metrics.jsonl" if main else None, keep_through=start if resume_from else -1)
+    metrics = MetricsFile(run_dir / METRICS_FILE if main else None, keep_through=start if resume_from else -1)
     loggers = Loggers(cfg.trainer.report_to, run_dir if main else None, start if resume_from else None)
     final, saved, nonfinite = base, resume_from, 0
     with metrics, loggers:

@@ -15,6 +15,7 @@ from rich.table import Table
 # soft_wrap: a line naming a long path stays one line in a log file or a pipe, where rich
 # would otherwise break it at 80 columns.
 console = Console(stderr=True, soft_wrap=True)
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -66,6 +67,23 @@ class MetricsFile:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def parse_records(lines: list[str]) -> tuple[list[dict], list[int]]:
+    """The step records among metrics.jsonl's lines, each parsed once, and the numbers (from 1)
+    of the non-blank lines that hold none (torn by a kill mid-write, or damaged)."""
+    records, bad = [], []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            step = record["step"]
+        except (ValueError, TypeError, KeyError):
+            record, step = None, None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+            records.append(record)
+        elif line.strip():
+            bad.append(number)
+    return records, bad
 
 
 def _step_of(line: str) -> int:

@@ -26,7 +26,6 @@ matplotlib is optional (`pip install -e ".[plot]"`) and imported only to draw, o
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -36,9 +35,8 @@ from types import SimpleNamespace
 from typing import NamedTuple, Sequence
 
 from grpo_cli.errors import UserError, one_line
-from grpo_cli.metrics import _step_of
+from grpo_cli.metrics import METRICS_FILE, parse_records
 
-METRICS_FILE = "metrics.jsonl"
 DEFAULT_SMOOTH = 0.6
 FALLBACK_PANELS = 9
 # Within a panel of several keys: line style and marker (drawn on eval/* points) per key.
@@ -119,7 +117,7 @@ def read_metrics(run: str | Path) -> list[dict]:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"{path} cannot be read: {one_line(error)}") from None
-    return [{**json.loads(line), "step": step} for line in lines if (step := _step_of(line)) >= 0]
+    return parse_records(lines)[0]
 
 
 def _runs_inside(folder: Path) -> str:

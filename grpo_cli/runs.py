@@ -28,11 +28,11 @@ import yaml
 
 from grpo_cli.checkpoint import list_checkpoints
 from grpo_cli.errors import one_line
+from grpo_cli.metrics import METRICS_FILE, parse_records
 from grpo_cli.overrides import read_overrides, resume_command
 from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 # The held-out accuracy each objective logs: the RL objective's mean@k (evaluate.EvalResult),
 # the preference objective's preference accuracy averaged over groups (offline.PairEvaluation).
@@ -154,17 +154,7 @@ def _read_metrics(info: RunInfo) -> list[dict]:
     except (OSError, UnicodeDecodeError) as error:
         info.problems.append(f"{METRICS_FILE} cannot be read: {one_line(error)}")
         return []
-    records, bad = [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            step = record["step"]
-        except (ValueError, TypeError, KeyError):
-            record, step = None, None
-        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
-            records.append(record)
-        elif line.strip():
-            bad.append(number)
+    records, bad = parse_records(lines)
     if bad:
         shown = ", ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         info.problems.append(f"{METRICS_FILE} line{'s' if len(bad) > 1 else ''} {shown} not a JSON record with a step")
