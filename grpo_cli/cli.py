@@ -12,7 +12,6 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-
 from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.overrides import OVERRIDES_FILE, inherited, read_overrides
 

@@ -21,8 +21,8 @@ from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
 from grpo_cli.metrics import METRICS_FILE, MetricsFile, ProgressBar, StepResult, console
-from grpo_cli.runtime import preflight
 from grpo_cli.overrides import read_overrides, resume_command
+from grpo_cli.runtime import preflight
 from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
 from grpo_cli.samples import samples_table, write_samples
 from grpo_cli.schedule import is_due
