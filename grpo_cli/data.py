@@ -180,9 +180,22 @@ class PromptSet:
     dropped_too_long: int
     dropped_duplicates: int = 0
     messages: list[list[dict]] = field(default_factory=list)
+    longest_dropped: int = 0  # tokens of the longest prompt dropped as too long
+    _index: dict | None = field(default=None, init=False, repr=False, compare=False)  # prompt ids -> row
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def question(self, prompt_ids: list[int]) -> str | None:
+        """What the user asked in the prompt with these ids: its last user message (the
+        prompt's text without a chat template); None for ids that are not one of these prompts."""
+        if self._index is None:
+            self._index = {tuple(ids): i for i, ids in enumerate(self.prompt_ids)}
+        i = self._index.get(tuple(prompt_ids))
+        if i is None:
+            return None
+        said = [m["content"] for m in self.messages[i] if m.get("role") == "user"] if self.messages else []
+        return said[-1] if said and isinstance(said[-1], str) else self.prompts[i]
 
     def take(self, index: list[int]) -> PromptBatch:
         return PromptBatch(prompt_ids=[self.prompt_ids[i] for i in index],
@@ -223,13 +236,16 @@ def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: 
         ids = renderer.ids(text)
         if len(ids) > data_cfg.max_prompt_tokens:
             kept.dropped_too_long += 1
+            kept.longest_dropped = max(kept.longest_dropped, len(ids))
             continue
         kept.prompt_ids.append(ids)
         kept.prompts.append(text)
         kept.examples.append(row)
         kept.messages.append(messages)
     if not kept.examples:
-        raise UserError(f"{path}: every prompt is longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
+        raise UserError(f"{path}: all {kept.dropped_too_long} prompts are longer than data.max_prompt_tokens="
+                        f"{data_cfg.max_prompt_tokens} (the longest has {kept.longest_dropped} tokens); raise "
+                        f"data.max_prompt_tokens")
     return kept
 
 

@@ -168,7 +168,8 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
     clock.lap("update")
     run.sampler.load_weights(run.learner.weights(), version=step + 1)
     clock.lap("push")
-    shown = sample_rows(run.tokenizer, rollouts, scores, advantages, sequences.loss_mask, samples, step + 1) if samples else []
+    shown = sample_rows(run.tokenizer, run.train_prompts, rollouts, scores, advantages, sequences.loss_mask, samples,
+                        step + 1) if samples else []
     return StepResult({**logged, **update, **clock.metrics(rollouts)}, shown)
 
 

@@ -119,9 +119,15 @@ def load_and_report(path: str, split: str, cfg: GrpoConfig, tokenizer, limit: in
     """load_prompts, saying on the console how many prompts were dropped and why, and refusing
     prompts that leave the generation no room within the model's positions."""
     prompts = load_prompts(path, split, cfg.data, tokenizer, limit=limit, tools=tool_schemas(list(cfg.environment.tools)))
-    if prompts.dropped_too_long or prompts.dropped_duplicates:
-        console.print(f"{path}: {len(prompts)} prompts; dropped {prompts.dropped_too_long} over "
-                      f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} and {prompts.dropped_duplicates} duplicates")
+    if prompts.dropped_duplicates:
+        console.print(f"{path}: dropped {prompts.dropped_duplicates} duplicate prompts (data.dedupe)")
+    if prompts.dropped_too_long:
+        # Loud: a limit sized for one model silently drops most prompts of another's template.
+        total = len(prompts) + prompts.dropped_too_long
+        console.print(f"[bold yellow]warning:[/] {path}: dropped {prompts.dropped_too_long} of {total} prompts "
+                      f"({prompts.dropped_too_long / total:.0%}) longer than data.max_prompt_tokens="
+                      f"{cfg.data.max_prompt_tokens} tokens with this tokenizer and template; the longest has "
+                      f"{prompts.longest_dropped}: set data.max_prompt_tokens={prompts.longest_dropped} to keep them all")
     check_room(cfg, path, prompts)
     return prompts
 

@@ -146,3 +146,54 @@ def test_answer_pattern_must_be_a_regex_with_one_group(make_cfg):
         make_cfg("data.answer_pattern='(unclosed'")
     with pytest.raises(ConfigError, match="has 2 groups"):
         make_cfg("data.answer_pattern='(a)(b)'")
+
+
+def test_dropping_long_prompts_says_how_many_and_which_setting_keeps_them(make_cfg, tokenizer, capsys):
+    from grpo_cli.runtime import load_and_report
+
+    cfg = make_cfg("data.max_prompt_tokens=10")
+    everything = load_prompts(cfg.data.eval_path, "test", make_cfg().data, tokenizer)
+    longest = max(len(ids) for ids in everything.prompt_ids)
+    over = sum(len(ids) > 10 for ids in everything.prompt_ids)
+    kept = load_and_report(cfg.data.eval_path, "test", cfg, tokenizer)
+    assert 0 < over < len(everything) and len(kept) == len(everything) - over
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"warning: {cfg.data.eval_path}: dropped {over} of {len(everything)} prompts ({over / len(everything):.0%}) "
+            f"longer than data.max_prompt_tokens=10 tokens with this tokenizer and template; the longest has {longest}: "
+            f"set data.max_prompt_tokens={longest} to keep them all") in err
+
+
+def test_when_every_prompt_is_too_long_the_error_gives_the_longest(make_cfg, tokenizer):
+    cfg = make_cfg("data.max_prompt_tokens=5")
+    with pytest.raises(UserError, match=r"all 200 prompts are longer than data.max_prompt_tokens=5 \(the longest has "
+                                        r"\d+ tokens\); raise data.max_prompt_tokens"):
+        load_prompts(cfg.data.eval_path, "test", cfg.data, tokenizer)
+
+
+WORD_PROBLEM_ARITHMETIC = {  # kind -> the expression its numbers make, in the order the story tells them
+    "add": "{}+{}", "subtract": "{}-{}", "multiply": "{}*{}", "divide": "{}//{}", "gain_then_lose": "{}+{}-{}",
+    "friend_has_more": "{}+{}"}
+OPERATIONS = {"add": lambda a, b: a + b, "subtract": lambda a, b: a - b, "multiply": lambda c, a: c * a,
+              "divide": lambda q, c: q // c, "gain_then_lose": lambda a, b, c: a + b - c,
+              "friend_has_more": lambda a, b: a + b}
+
+
+def test_word_problems_are_right_and_the_held_out_arithmetic_is_never_trained_on(make_cfg):
+    import re
+
+    from grpo_cli.tasks import word_problems
+
+    cfg = make_cfg("data=word_problems")
+    expressions = {}
+    for split, path in (("train", cfg.data.path), ("test", cfg.data.eval_path)):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        assert rows == word_problems.make_rows(split, len(rows))  # the shipped files are the generator's
+        expressions[split] = set()
+        for row in rows:
+            numbers = [int(n) for n in re.findall(r"\d+", row["question"])]
+            assert row["answer"] == str(OPERATIONS[row["kind"]](*numbers)), row
+            expression = WORD_PROBLEM_ARITHMETIC[row["kind"]].format(*numbers)
+            assert word_problems.split_of(expression) == split
+            expressions[split].add(expression)
+    assert not expressions["train"] & expressions["test"]
+    assert len(expressions["test"]) > 80 and len(expressions["train"]) > 600
