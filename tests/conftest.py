@@ -38,6 +38,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def conversion_cache(tmp_path_factory):
+    """GGUF models convert into a cache of the session's own (model_source.py), never the
+    user's ~/.cache; every test of the session, and every process it starts, shares it."""
+    folder = tmp_path_factory.mktemp("grpo-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRPO_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from grpo_cli.runtime import load_tokenizer

@@ -15,6 +15,8 @@ import shlex
 import shutil
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
 from grpo_cli.cli import main
@@ -42,6 +44,17 @@ LATIN1 = {"latin1.jsonl": b'{"question": "caf\xe9 1+1", "answer": "2"}\n',
           "latin1_rows.jsonl": b'{"prompt": "caf\xe9", "completion": "Answer: 2", "answer": "2"}\n'}
 
 
+def write_gguf(path: Path, architecture: str) -> None:
+    """A small GGUF file of the given architecture (its tensor is all the file holds)."""
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def snapshot(root: Path) -> dict:
     """Every file and folder under root with its size and modification time."""
     return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
@@ -59,6 +72,9 @@ def world(tmp_path_factory):
         (root / name).write_text(text)
     for name, raw in LATIN1.items():
         (root / name).write_bytes(raw)
+    write_gguf(root / "rwkv.gguf", "rwkv6")
+    write_gguf(root / "cut.gguf", "llama")
+    cut(root / "cut.gguf", keep=0.9)
     (root / "results").mkdir()
     printed = io.StringIO()
     with contextlib.redirect_stderr(printed):
@@ -103,6 +119,16 @@ CASES = [
     (train("data.template='{}'"), 2, "an empty {} names no column"),
     (train("reward.functions=[{name:'no_such_module_xyz:f'}]"), 2, "cannot import 'no_such_module_xyz'"),
     (train("model.name_or_path=/no/such/model"), 2, "model path /no/such/model does not exist"),
+    # GGUF model files (model_source.py): nothing is converted, nothing written in $GRPO_CACHE
+    (train("model.name_or_path={root}/missing.gguf"), 2, "model.name_or_path={root}/missing.gguf does not exist; give a "
+                                                        ".gguf file, or a folder or hub id with model.gguf_file=NAME"),
+    (train("model.name_or_path={root}", "model.gguf_file=missing.gguf"), 2,
+     "model.gguf_file=missing.gguf is not in {root}"),
+    (train("model.name_or_path={root}/cut.gguf"), 2, "{root}/cut.gguf is not a readable GGUF file ("),
+    (train("model.name_or_path={root}/rwkv.gguf"), 2, "cannot load {root}/rwkv.gguf as a causal language model: GGUF "
+                                                     "model with architecture rwkv6 is not supported yet."),
+    (train("model.name_or_path='${grpo_package_file:no_such_package_xyz,m.gguf,pip install no-such-package-xyz}'"), 2,
+     "this model ships in the no_such_package_xyz package, which is not installed: pip install no-such-package-xyz"),
     (train("environment.name=nope"), 2, "environment.name='nope' is not an environment: use one of feedback"),
     (train("environment.max_turns=0"), 2, "environment.max_turns=0 must be >= 1"),
     (train("environment=feedback", "environment.turn_discount=0"), 2, "environment.turn_discount=0.0 must lie in (0, 1]"),
@@ -177,6 +203,7 @@ def place(text: str, names: dict) -> str:
 def test_bad_input_is_one_line_and_changes_nothing(world, capsys, monkeypatch, args, status, fragment):
     root, _ = world
     monkeypatch.setenv("GRPO_RECIPE_PATH", str(root / "recipes"))
+    monkeypatch.setenv("GRPO_CACHE", str(root / "cache"))
     names = {"{root}": str(root), "{run}": str(root / RUN), "{pid}": str(os.getpid())}
     before = snapshot(root)
     assert main([place(arg, names) for arg in args]) == status
