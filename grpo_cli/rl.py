@@ -154,6 +154,24 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
         return StepResult({**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)})
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
     run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
+    batch = update_batch(run, step, rollouts, scores, selected, clock)
+    update = run.learner.update(batch, seed=derived_seed(cfg.seed, step, 1))
+    if is_due(algorithm.ref_reset_every, step + 1):
+        run.learner.reset_reference(algorithm.ref_mix_alpha)
+    clock.lap("update")
+    run.sampler.load_weights(run.learner.weights(), version=step + 1)
+    clock.lap("push")
+    shown = sample_rows(run.tokenizer, run.train_prompts, rollouts, scores, batch.advantages, batch.loss_mask, samples,
+                        step + 1) if samples else []
+    return StepResult({**logged, **update, **clock.metrics(rollouts)}, shown)
+
+
+def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, selected: torch.Tensor,
+                 clock: "Stopwatch") -> TrainBatch:
+    """The kept rollouts as the update takes them: token sequences, the learner's (and the
+    reference's) log-probs, per-token advantages. selected: [N] bool, the rows the advantage
+    statistics count."""
+    algorithm = run.cfg.algorithm
     sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
     if run.lookahead is not None:
         sequences.policy_lag = step - rollouts.policy_version  # the learner holds version `step`
@@ -162,15 +180,7 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
     kl_penalty = reward_penalty(logprobs, sequences.loss_mask, algorithm)
     advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs.from_scores(
         scores, selected, rollouts.group_ids, sequences.loss_mask, kl_penalty), algorithm)
-    update = run.learner.update(TrainBatch.assemble(sequences, advantages, logprobs), seed=derived_seed(cfg.seed, step, 1))
-    if is_due(algorithm.ref_reset_every, step + 1):
-        run.learner.reset_reference(algorithm.ref_mix_alpha)
-    clock.lap("update")
-    run.sampler.load_weights(run.learner.weights(), version=step + 1)
-    clock.lap("push")
-    shown = sample_rows(run.tokenizer, run.train_prompts, rollouts, scores, advantages, sequences.loss_mask, samples,
-                        step + 1) if samples else []
-    return StepResult({**logged, **update, **clock.metrics(rollouts)}, shown)
+    return TrainBatch.assemble(sequences, advantages, logprobs)
 
 
 def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:

@@ -52,7 +52,7 @@ from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 try:
     from trl import GRPOConfig, GRPOTrainer
 except ImportError:
-    sys.exit("scripts/bench_trl.py needs TRL (pip install trl), in a virtual environment of its own: see its header")
+    sys.exit("scripts/bench_trl.py needs TRL: pip install trl (see its header)")
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import GrpoConfig
@@ -60,11 +60,12 @@ from grpo_cli.model_source import prepare
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
 from grpo_cli.runtime import load_and_report, load_tokenizer, quiet_libraries
 from grpo_cli.validation import validate
+from bench import REAL_MODELS
 
 # Our aggregation -> TRL's loss_type; a variant without a TRL counterpart is refused.
 LOSS_TYPES = {"seq_mean_token_mean": "grpo", "token_mean": "dapo", "seq_mean_token_sum_norm": "dr_grpo"}
-# --model NAME: the recipe of a real model, before the user's overrides.
-MODELS = {"tiny": [], "smollm2": ["+recipe=smollm2_cpu"]}
+# --model NAME: the embedded default, or a real model's recipe before the user's overrides.
+MODELS = {"tiny": [], **REAL_MODELS}
 
 
 def trl_reward(rewards: RewardSet):

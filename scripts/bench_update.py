@@ -19,24 +19,19 @@ import statistics
 import sys
 import time
 
-from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
 from grpo_cli.compose import compose, to_object
 from grpo_cli.model_source import prepare
-from grpo_cli.rl import Stopwatch, build, collect
+from grpo_cli.rl import Stopwatch, build, collect, update_batch
 from grpo_cli.runtime import quiet_libraries
-from grpo_cli.types import Sequences, TrainBatch
+from grpo_cli.types import TrainBatch
 from grpo_cli.validation import validate
 
 
 def fixed_batch(run) -> TrainBatch:
-    """Step 0's batch as the step hands it to the update: sequences, advantages, log-probs."""
+    """Step 0's batch as the step hands it to the update."""
     rollouts, scores, selection, _ = collect(run, 0, Stopwatch())
-    rollouts, scores = rollouts.select(selection.kept), scores.select(selection.kept)
-    sequences = Sequences.from_rollouts(rollouts, run.cfg.algorithm.overlong_filter)
-    logprobs = run.learner.logprobs(sequences)
-    advantages = ADVANTAGES[run.cfg.algorithm.advantage](AdvantageInputs.from_scores(
-        scores, selection.selected[selection.kept], rollouts.group_ids, sequences.loss_mask, None), run.cfg.algorithm)
-    return TrainBatch.assemble(sequences, advantages, logprobs)
+    kept = selection.kept
+    return update_batch(run, 0, rollouts.select(kept), scores.select(kept), selection.selected[kept], Stopwatch())
 
 
 def main() -> int:
