@@ -88,6 +88,10 @@ class RewardFunctionConfig:
     name: str = MISSING  # a built-in reward name
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Counts only where the reward function named here (as logged: final_answer, format_2...)
+    # scores at least gate_min; elsewhere its value is 0. E.g. a brevity reward for right answers.
+    gate: Optional[str] = None
+    gate_min: Optional[float] = None  # None: the gate function's `correct` value (kwargs or its default)
 
 
 @dataclass
@@ -156,6 +160,9 @@ class AlgorithmConfig:
     max_sampling_rounds: int = 1  # generation rounds per step when the filter drops groups (verl max_num_gen_batches: 10)
     overlong_filter: bool = False  # DAPO: truncated completions leave the loss (still count in the group statistics)
     advantage: str = "grpo"
+    # sum: normalise the weighted sum of the rewards | decoupled: normalise each reward in its
+    # group, sum, whiten over the batch (GDPO); TRL's sum_then_normalize / normalize_then_sum too
+    reward_aggregation: str = "sum"
     std_ddof: int = 1  # sample std as TRL/verl/oat/OpenRLHF; the GRPO paper does not say
     adv_eps: float = 1.0e-6  # verl's
     ratio: str = "token"

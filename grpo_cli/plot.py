@@ -12,8 +12,9 @@ curves are drawn raw, with markers: each point is already a mean over the held-o
 there are few of them, so an average over evaluations would only lag.
 
 Panels, when none are asked for:
-- DEFAULT_PANELS (the RL objective): held-out accuracy, training reward, completion length, KL,
-  clip fraction, entropy, and seconds per step by stage (log scale);
+- DEFAULT_PANELS (the RL objective): held-out accuracy, training reward, each reward's share of
+  the advantage and its gates (runs with several rewards), completion length, KL, clip
+  fraction, entropy, and seconds per step by stage (log scale);
 - PREFERENCE_PANELS for a run that has none of those keys (DPO, IPO, GR-DPO, GR-IPO): held-out
   preference accuracy (mean and worst group; per group), the group weights α, training
   preference accuracy, the reward margin, the loss;
@@ -68,6 +69,8 @@ STAGES = ("time/generate", "time/reward", "time/logprobs", "time/update", "time/
 DEFAULT_PANELS = (
     Panel("eval/accuracy", "held-out accuracy (eval/accuracy)", ("eval/accuracy",)),
     Panel("reward/mean", "training reward (reward/mean)", ("reward/mean",)),
+    Panel("advantage", "advantage per reward, std (advantage/*/std)", ("advantage/*/std",)),
+    Panel("gate_open", "share of rows a gated reward counted on (reward/*/gate_open)", ("reward/*/gate_open",)),
     Panel("completion/mean_length", "completion length, tokens (completion/mean_length)", ("completion/mean_length",)),
     Panel("kl", "KL to the reference (kl)", ("kl",)),
     Panel("clip/fraction", "clipped token fraction (clip/fraction)", ("clip/fraction",)),

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, GROUP_FILTERS, AdvantageInputs
+from grpo_cli.algorithms.aggregation import reward_advantage_metrics
 from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
 from grpo_cli.algorithms.kl import reward_penalty
 from grpo_cli.algorithms.offpolicy import staleness_metrics
@@ -154,7 +155,7 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
         return StepResult({**logged, "loss/total": 0.0, "update/skipped": 1.0, **clock.metrics(rollouts)})
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
     run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
-    batch = update_batch(run, step, rollouts, scores, selected, clock)
+    batch, advantage_metrics = update_batch(run, step, rollouts, scores, selected, clock)
     update = run.learner.update(batch, seed=derived_seed(cfg.seed, step, 1))
     if is_due(algorithm.ref_reset_every, step + 1):
         run.learner.reset_reference(algorithm.ref_mix_alpha)
@@ -163,14 +164,14 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
     clock.lap("push")
     shown = sample_rows(run.tokenizer, run.train_prompts, rollouts, scores, batch.advantages, batch.loss_mask, samples,
                         step + 1) if samples else []
-    return StepResult({**logged, **update, **clock.metrics(rollouts)}, shown)
+    return StepResult({**logged, **advantage_metrics, **update, **clock.metrics(rollouts)}, shown)
 
 
 def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, selected: torch.Tensor,
-                 clock: "Stopwatch") -> TrainBatch:
+                 clock: "Stopwatch") -> tuple[TrainBatch, dict[str, float]]:
     """The kept rollouts as the update takes them: token sequences, the learner's (and the
-    reference's) log-probs, per-token advantages. selected: [N] bool, the rows the advantage
-    statistics count."""
+    reference's) log-probs, per-token advantages; and each reward's share of the advantage
+    (advantage/NAME/mean, /std). selected: [N] bool, the rows the advantage statistics count."""
     algorithm = run.cfg.algorithm
     sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
     if run.lookahead is not None:
@@ -178,9 +179,10 @@ def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, select
     logprobs = run.learner.logprobs(sequences)
     clock.lap("logprobs")
     kl_penalty = reward_penalty(logprobs, sequences.loss_mask, algorithm)
-    advantages = ADVANTAGES[algorithm.advantage](AdvantageInputs.from_scores(
-        scores, selected, rollouts.group_ids, sequences.loss_mask, kl_penalty), algorithm)
-    return TrainBatch.assemble(sequences, advantages, logprobs)
+    inputs = AdvantageInputs.from_scores(scores, selected, rollouts.group_ids, sequences.loss_mask, kl_penalty,
+                                         run.rewards.weights, rollouts.reward_scale)
+    advantages = ADVANTAGES[algorithm.advantage](inputs, algorithm)
+    return TrainBatch.assemble(sequences, advantages, logprobs), reward_advantage_metrics(inputs, algorithm)
 
 
 def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
@@ -275,6 +277,8 @@ def rollout_metrics(rollouts: Rollouts, scores: Scores, selection: Selection, al
         out[f"reward/{name}"] = float(values.nanmean())
     for name, failed in scores.failed.items():
         out[f"reward/{name}/failed"] = float(failed.sum())  # raised or timed out: reward None
+    for name, is_open in scores.gate_open.items():
+        out[f"reward/{name}/gate_open"] = float(is_open.float().mean())  # share of rows where the reward counted
     return out
 
 

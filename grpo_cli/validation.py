@@ -25,6 +25,7 @@ from grpo_cli.rewards.catalog import (
     IN_PROCESS,
     REWARDS,
     build,
+    gates,
     is_user_path,
     load_user_function,
     probe_user_module,
@@ -56,6 +57,15 @@ def _validate_algorithm(a: AlgorithmConfig) -> None:
     _require(a.preference.eta_alpha >= 0, f"algorithm.preference.eta_alpha={a.preference.eta_alpha} must be >= 0")
     _require_name(a.group_filter, alg.GROUP_FILTERS, "algorithm.group_filter")
     _require_name(a.advantage, alg.ADVANTAGES, "algorithm.advantage")
+    _require_name(a.reward_aggregation, alg.REWARD_AGGREGATIONS, "algorithm.reward_aggregation")
+    if alg.REWARD_AGGREGATIONS[a.reward_aggregation] is not alg.REWARD_AGGREGATIONS["sum"]:
+        _require(a.advantage in alg.GROUP_RULES, f"algorithm.reward_aggregation={a.reward_aggregation} normalises each "
+                 f"outcome reward in its group; algorithm.advantage={a.advantage} learns from step rewards: use "
+                 f"reward_aggregation=sum")
+        # A KL penalty in the reward is in reward units, the decoupled advantage in normalised ones.
+        _require(not alg.KL_PLACEMENTS[a.kl_in].in_reward or a.kl_coef == 0,
+                 f"algorithm.reward_aggregation={a.reward_aggregation} normalises each reward on its own scale, which a "
+                 f"KL penalty in the reward does not have: set algorithm.kl_in=loss (or kl_coef=0)")
     _require_name(a.ratio, alg.RATIOS, "algorithm.ratio")
     _require_name(a.policy_loss, alg.POLICY_LOSSES, "algorithm.policy_loss")
     _require_name(a.correction, alg.CORRECTIONS, "algorithm.correction")
@@ -215,6 +225,10 @@ def validate_rewards(reward: RewardConfig) -> None:
             raise ConfigError(f"reward.functions[{i}].kwargs for {fn.name}: {error}") from error
         except Exception as error:  # a user's module can fail on import in any way
             raise ConfigError(f"reward.functions[{i}] ({fn.name}) failed to load: {type(error).__name__}: {error}") from error
+    try:
+        gates(list(reward.functions))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def _validate_lora(cfg: GrpoConfig) -> None:

@@ -31,7 +31,7 @@ def fixed_batch(run) -> TrainBatch:
     """Step 0's batch as the step hands it to the update."""
     rollouts, scores, selection, _ = collect(run, 0, Stopwatch())
     kept = selection.kept
-    return update_batch(run, 0, rollouts.select(kept), scores.select(kept), selection.selected[kept], Stopwatch())
+    return update_batch(run, 0, rollouts.select(kept), scores.select(kept), selection.selected[kept], Stopwatch())[0]
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 dictionaries of the modes they read; each dictionary holds its option's valid values."""
 
 from grpo_cli.algorithms.advantages import ADVANTAGES
+from grpo_cli.algorithms.aggregation import GROUP_RULES, REWARD_AGGREGATIONS
 from grpo_cli.algorithms.filters import GFPO_METRICS, GFPO_REJECTED, GROUP_FILTERS
 from grpo_cli.algorithms.kl import KL_ESTIMATORS, KL_PLACEMENTS
 from grpo_cli.algorithms.losses import (
@@ -22,6 +23,7 @@ __all__ = [
     "CORRECTIONS",
     "CORRECTION_LEVELS",
     "GFPO_METRICS",
+    "GROUP_RULES",
     "GFPO_REJECTED",
     "GROUP_FILTERS",
     "KL_ESTIMATORS",
@@ -29,6 +31,7 @@ __all__ = [
     "PAIR_LOSSES",
     "POLICY_LOSSES",
     "RATIOS",
+    "REWARD_AGGREGATIONS",
     "WEIGHTINGS",
     "compute_loss",
 ]

@@ -11,7 +11,9 @@ and REINFORCE++ spreads it over the token returns. Where we differ from the pape
 - rewards that are NaN (a reward function had no opinion or failed) and completions a group
   filter did not select are left out of the group statistics and get advantage 0, as TRL does.
 
-Every estimator has the signature `(AdvantageInputs, AlgorithmConfig) -> Tensor [N, C]`.
+How several reward functions become R_i (summed first, or normalised one by one as in
+GDPO) is `algorithm.reward_aggregation`, in aggregation.py, which also holds each estimator's
+group rule. Every estimator has the signature `(AdvantageInputs, AlgorithmConfig) -> Tensor [N, C]`.
 Statistics are computed in float64 and the result is returned as float32.
 """
 
@@ -19,43 +21,33 @@ from __future__ import annotations
 
 import torch
 
+from grpo_cli.algorithms.aggregation import GROUP_RULES, sequence_advantages
 from grpo_cli.algorithms.process import process_advantages
-from grpo_cli.algorithms.stats import ZERO_SPREAD, GroupStats, group_stats
+from grpo_cli.algorithms.stats import ZERO_SPREAD
 from grpo_cli.config import AlgorithmConfig
 from grpo_cli.types import AdvantageInputs
 
 
-def _to_tokens(per_sequence: torch.Tensor, inp: AdvantageInputs, stats: GroupStats) -> torch.Tensor:
-    """Zero the no-spread groups and NaN rewards, broadcast to tokens, mask padding."""
-    keep = ~stats.no_spread[inp.group_ids] & inp.valid
-    per_sequence = torch.where(keep, per_sequence, torch.zeros_like(per_sequence))
-    return per_sequence.to(torch.float32)[:, None] * inp.loss_mask
+def _per_sequence(inp: AdvantageInputs, cfg: AlgorithmConfig, rule) -> torch.Tensor:
+    """The rule's advantage of R_i (less the summed KL penalty when the KL is in the reward),
+    aggregated over the rewards as configured, on every loss-bearing token."""
+    values = sequence_advantages(inp.sequence_rewards(), inp, cfg, rule).values
+    return values.to(torch.float32)[:, None] * inp.loss_mask
 
 
 def grpo_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """(R_i - mean_G) / (std_G + eps), eps = cfg.adv_eps, std with cfg.std_ddof."""
-    rewards = inp.sequence_rewards()
-    stats = group_stats(rewards, inp.group_ids, cfg.std_ddof, inp.valid)
-    g = inp.group_ids
-    adv = (rewards - stats.mean[g]) / (stats.std[g] + cfg.adv_eps)
-    return _to_tokens(adv, inp, stats)
+    return _per_sequence(inp, cfg, GROUP_RULES["grpo"])
 
 
 def dr_grpo_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """R_i - mean_G: no std division, so easy and hard prompts are not up-weighted."""
-    rewards = inp.sequence_rewards()
-    stats = group_stats(rewards, inp.group_ids, cfg.std_ddof, inp.valid)
-    adv = rewards - stats.mean[inp.group_ids]
-    return _to_tokens(adv, inp, stats)
+    return _per_sequence(inp, cfg, GROUP_RULES["dr_grpo"])
 
 
 def rloo_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """R_i minus the mean of the other valid rewards of its group = G/(G-1) (R_i - mean)."""
-    rewards = inp.sequence_rewards()
-    stats = group_stats(rewards, inp.group_ids, cfg.std_ddof, inp.valid)
-    count = stats.count[inp.group_ids]
-    adv = count / (count - 1).clamp(min=1) * (rewards - stats.mean[inp.group_ids])
-    return _to_tokens(adv, inp, stats)
+    return _per_sequence(inp, cfg, GROUP_RULES["rloo"])
 
 
 def _whitened_returns(outcome: torch.Tensor, inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
@@ -80,13 +72,12 @@ def _whitened_returns(outcome: torch.Tensor, inp: AdvantageInputs, cfg: Algorith
 
 def reinforce_pp_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """REINFORCE++: the outcome reward itself is the return's terminal reward."""
-    return _whitened_returns(inp.rewards.to(torch.float64), inp, cfg)
+    return _whitened_returns(sequence_advantages(inp.rewards, inp, cfg, GROUP_RULES["reinforce_pp"]).values, inp, cfg)
 
 
 def reinforce_pp_baseline_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:
     """REINFORCE++-baseline: subtract the group mean first, then whiten over the batch."""
-    stats = group_stats(inp.rewards, inp.group_ids, cfg.std_ddof, inp.valid)
-    centred = inp.rewards.to(torch.float64) - stats.mean[inp.group_ids]
+    centred = sequence_advantages(inp.rewards, inp, cfg, GROUP_RULES["reinforce_pp_baseline"]).values
     return _whitened_returns(centred, inp, cfg)
 
 

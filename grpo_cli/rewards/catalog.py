@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 from typing import Callable
 
 from grpo_cli.rewards.answers import dapo_math, length, math_answer
@@ -106,3 +108,46 @@ def build(name: str, kwargs: dict) -> Callable:
                          f"or give module:function / file.py:function")
     return REWARDS[name](**kwargs)
 
+
+
+def display_names(names: list[str]) -> list[str]:
+    """The same function twice (different kwargs) is logged as name, name_2, ...; a user
+    function by its function name."""
+    seen: Counter[str] = Counter()
+    out = []
+    for name in names:
+        short = name.rpartition(":")[2]
+        seen[short] += 1
+        out.append(short if seen[short] == 1 else f"{short}_{seen[short]}")
+    return out
+
+
+def correct_value(name: str, kwargs: dict) -> float | None:
+    """What a reward gives a right answer: its `correct` kwarg, else its factory's default."""
+    if "correct" in kwargs:
+        return float(kwargs["correct"])
+    parameter = inspect.signature(REWARDS[name]).parameters.get("correct") if name in REWARDS else None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else float(parameter.default)
+
+
+def gates(functions: list) -> list[tuple[int, float] | None]:
+    """For each reward spec ({name, kwargs, gate, gate_min}): None, or (index of the function its
+    gate names, the value that function must reach). ValueError naming the spec and the fix."""
+    names = display_names([fn.name for fn in functions])
+    out: list[tuple[int, float] | None] = []
+    for i, fn in enumerate(functions):
+        if fn.gate is None:
+            out.append(None)
+            continue
+        where = f"reward.functions[{i}].gate={fn.gate!r}"
+        if fn.gate not in names or names.index(fn.gate) == i:
+            others = [n for j, n in enumerate(names) if j != i]
+            raise ValueError(f"{where} names no other reward function; use one of: {', '.join(others) or '(none)'}")
+        gate = names.index(fn.gate)
+        if functions[gate].gate is not None:
+            raise ValueError(f"{where} is itself gated (by {functions[gate].gate}); gate on an ungated function")
+        threshold = fn.gate_min if fn.gate_min is not None else correct_value(functions[gate].name, dict(functions[gate].kwargs))
+        if threshold is None:
+            raise ValueError(f"{where}: {fn.gate} has no `correct` value to reach; set reward.functions[{i}].gate_min")
+        out.append((gate, float(threshold)))
+    return out

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import replace
 
 import torch
 
 from grpo_cli.config import RewardConfig
-from grpo_cli.rewards.catalog import IN_PROCESS, build
+from grpo_cli.rewards.catalog import IN_PROCESS, build, display_names, gates
 from grpo_cli.rewards.process import ProcessScorer
 from grpo_cli.rewards.workers import CallReport, LocalRewards, RewardWorkers
 from grpo_cli.types import PromptBatch, Rollouts, Scores
-
-
-def display_names(names: list[str]) -> list[str]:
-    """The same function twice (different kwargs) is logged as name, name_2, ...; a user
-    function by its function name."""
-    seen: Counter[str] = Counter()
-    out = []
-    for name in names:
-        short = name.rpartition(":")[2]
-        seen[short] += 1
-        out.append(short if seen[short] == 1 else f"{short}_{seen[short]}")
-    return out
 
 
 def reward_columns(rows: list[dict], completion_ids: list[list[int]], messages: list | None = None) -> dict:
@@ -58,6 +45,8 @@ class RewardSet:
         self.specs = list(reward_cfg.functions)
         self.names = display_names([spec.name for spec in self.specs])
         self.correct_above = reward_cfg.correct_above
+        self.gates = gates(self.specs)  # validation has worded any problem already
+        self.weights = {name: spec.weight for name, spec in zip(self.names, self.specs)}
         pairs = [(spec.name, dict(spec.kwargs)) for spec in self.specs]
         local = {i: build(*pair) for i, pair in enumerate(pairs) if reward_cfg.workers == 0 or pair[0] in IN_PROCESS}
         self.local = LocalRewards(local)
@@ -83,23 +72,41 @@ class RewardSet:
         return report
 
     def score_texts(self, prompts: list[str], completions: list[str], columns: dict) -> Scores:
-        """Every function on N completions; None (no opinion, or failed) becomes NaN."""
-        components: dict[str, torch.Tensor] = {}
+        """Every function on N completions; None (no opinion, or failed) becomes NaN; gated
+        functions count only where their gate is open."""
+        values: dict[str, torch.Tensor] = {}
         failed: dict[str, torch.Tensor] = {}
-        total = torch.zeros(len(completions), dtype=torch.float64)
-        opinions = torch.zeros(len(completions), dtype=torch.bool)
-        for index, (name, spec) in enumerate(zip(self.names, self.specs)):
+        for index, name in enumerate(self.names):
             report = self.call(index, prompts, completions, columns)
-            column = torch.tensor([math.nan if v is None else v for v in report.values], dtype=torch.float64)
-            components[name] = column.float()
+            values[name] = torch.tensor([math.nan if v is None else v for v in report.values], dtype=torch.float64)
             failed[name] = torch.zeros(len(completions), dtype=torch.bool)
             failed[name][report.failed_rows] = True
-            known = ~torch.isnan(column)
-            total += torch.where(known, spec.weight * column, torch.zeros_like(column))
+        values, gate_open = self.apply_gates(values)
+        total = torch.zeros(len(completions), dtype=torch.float64)
+        opinions = torch.zeros(len(completions), dtype=torch.bool)
+        for name, spec in zip(self.names, self.specs):
+            known = ~torch.isnan(values[name])
+            total += torch.where(known, spec.weight * values[name], torch.zeros_like(values[name]))
             opinions |= known
         total = torch.where(opinions, total, torch.full_like(total, math.nan)).float()
+        components = {name: column.float() for name, column in values.items()}
         first = components[self.names[0]]
-        return Scores(total=total, components=components, correct=first > self.correct_above, failed=failed)
+        return Scores(total=total, components=components, correct=first > self.correct_above, failed=failed,
+                      gate_open=gate_open)
+
+    def apply_gates(self, values: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A gated function keeps its value where its gate function reaches the threshold, is 0
+        where it does not, and NaN where the gate function has no opinion. Returns the values
+        and, per gated function, [N] bool where its gate was open."""
+        gated, gate_open = dict(values), {}
+        for name, gate in zip(self.names, self.gates):
+            if gate is None:
+                continue
+            opener = values[self.names[gate[0]]]
+            gate_open[name] = opener >= gate[1]
+            closed = torch.where(torch.isnan(opener), torch.full_like(opener, math.nan), torch.zeros_like(opener))
+            gated[name] = torch.where(gate_open[name], values[name], closed)
+        return gated, gate_open
 
     def score(self, batch: PromptBatch, rollouts: Rollouts, steps: bool = True) -> Scores:
         """Score a generation batch; `steps=False` skips the process reward (evaluation needs
