@@ -51,3 +51,34 @@ def test_no_group_with_a_spread_skips_the_update(make_cfg):
     assert metrics["update/skipped"] == 1.0 and metrics["sampling/rounds"] == 2.0
     assert metrics["sampling/dropped_groups"] == 4.0 and metrics["sampling/partial_batch"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, run.learner.model.parameters()))
+
+
+REFUSED = {"grpo_process": "learns from step rewards", "rloo": "set algorithm.kl_in=loss",
+           "reinforce_pp": "set algorithm.kl_in=loss"}
+
+
+@pytest.mark.parametrize("algorithm", options("algorithm"))
+def test_decoupled_rewards_compose_with_every_algorithm_or_are_refused(make_cfg, algorithm):
+    """Two rewards normalised one by one: a real step for every online algorithm (filters
+    included), or one line naming the conflict."""
+    from grpo_cli.errors import ConfigError
+
+    overrides = [f"algorithm={algorithm}", "algorithm.reward_aggregation=decoupled", "trainer.prompts_per_step=4"]
+    if algorithm == "grpo_process":
+        overrides.append("reward=arithmetic_process")
+    else:
+        overrides.append("reward=arithmetic_terse")
+    if algorithm in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[algorithm]):
+            make_cfg(*overrides)
+        return
+    cfg = make_cfg(*overrides)
+    if cfg.algorithm.objective != "rl":
+        pytest.skip("preference objectives learn from pairs, not rewards")
+    run = build(cfg, cfg.model.name_or_path)
+    try:
+        metrics = train_step(run, 0).metrics
+    finally:
+        run.close()
+    assert math.isfinite(metrics["loss/total"])
+    assert metrics["advantage/final_answer/std"] > 0 or metrics["groups/no_spread_fraction"] == 1.0

@@ -69,7 +69,7 @@ def test_user_recipe_folder(tmp_path, monkeypatch):
     ("trainer.steps=abc", "trainer.steps"),
     ("algorithm=nope", "available: cispo, dapo, dpo, dr_grpo, gfpo"),
     ("algorithm=gfpo algorithm.gfpo.k=9", "gfpo.k=9"),
-    ("+recipe=nope", "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, embedded_tools, gr_dpo, gsm8k, gsm8k_cpu, gspo"),
+    ("+recipe=nope", "available: dapo_math, dapo_math_1gpu, dpo, dr_grpo_math, embedded, embedded_feedback, embedded_tools, embedded_verbose, gr_dpo, gsm8k, gsm8k_cpu, gspo"),
     ("sampler.n=1", "sampler.n=1"),
     ("trainer.lr=-1", "trainer.lr"),
     ("trainer.max_staleness=-1", "trainer.max_staleness=-1 must be >= 0"),

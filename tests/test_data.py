@@ -197,3 +197,35 @@ def test_word_problems_are_right_and_the_held_out_arithmetic_is_never_trained_on
             expressions[split].add(expression)
     assert not expressions["train"] & expressions["test"]
     assert len(expressions["test"]) > 80 and len(expressions["train"]) > 600
+
+
+
+def test_missing_term_rows_are_right_and_the_splits_are_disjoint(make_cfg):
+    from grpo_cli.tasks import missing_term
+
+    cfg = make_cfg("+recipe=embedded_verbose")
+    questions = {}
+    for split, path in (("train", cfg.data.path), ("test", cfg.data.eval_path)):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        assert rows == missing_term.make_rows(split, len(rows), 0)  # the shipped files are the generator's
+        for row in rows:
+            known, total = missing_term.parse_question(row["question"])
+            assert int(row["answer"]) + sum(known) == total and 1 <= int(row["answer"]) <= 9
+        questions[split] = {r["question"] for r in rows}
+    assert not questions["train"] & questions["test"]
+    assert (len(questions["train"]), len(questions["test"])) == (731, 79)  # every problem there is: 9 x (9 + 81)
+
+
+def test_a_missing_term_solution_says_whether_its_try_adds_up():
+    import random
+
+    from grpo_cli.tasks import missing_term
+
+    text = missing_term.solution_text("?+4+3=15", random.Random(0), check_rate=1.0)
+    lines = text.splitlines()
+    tried = int(lines[0].removeprefix("Try "))
+    assert lines[1:3] == [f"{tried}+4={tried + 4}", f"{tried + 4}+3={tried + 7}"]
+    verdict = "is 15" if tried == 8 else "is not 15"
+    assert lines[3] == f"{tried + 7} {verdict}"
+    assert lines[4:7] == [f"Check: {tried}+4+3={tried + 7}, {verdict}"] * missing_term.MAX_CHECKS
+    assert lines[7] == f"Answer: {tried}"
