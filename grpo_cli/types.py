@@ -319,9 +319,8 @@ class AdvantageInputs:
     step_ends / step_rewards: [N, S] process supervision (see Scores), else None.
     selected:     [N] bool, the completions a group filter chose to learn from (None: all);
                   the others are left out of the group statistics and get advantage 0.
-    reward_terms: name -> [N] float, each reward as it enters `rewards` before its weight (gated,
-                  times the episode's turn discount; NaN: no opinion). None: `rewards` is one reward.
-    reward_weights: name -> its weight; sum_k weight_k * term_k (NaN as 0) = rewards.
+    reward_terms: name -> (weight, [N] float): each reward as it enters `rewards` (gated, times the
+                  episode's turn discount; NaN: no opinion), with its weight. None: one reward.
     """
 
     rewards: torch.Tensor
@@ -331,26 +330,17 @@ class AdvantageInputs:
     step_ends: torch.Tensor | None = None
     step_rewards: torch.Tensor | None = None
     selected: torch.Tensor | None = None
-    reward_terms: dict[str, torch.Tensor] | None = None
-    reward_weights: dict[str, float] | None = None
+    reward_terms: dict[str, tuple[float, torch.Tensor]] | None = None
 
     @classmethod
     def from_scores(cls, scores: Scores, selected: torch.Tensor, group_ids: torch.Tensor, loss_mask: torch.Tensor,
                     kl_penalty: torch.Tensor | None, weights: dict[str, float] | None = None,
                     reward_scale: torch.Tensor | None = None) -> "AdvantageInputs":
-        """`weights`: each reward's weight by name (rewards absent from it weigh 1, as the
-        environment's does); `reward_scale`: [N] the episodes' turn discount, or None."""
+        """weights: by reward name (absent: 1, as the environment's); reward_scale: [N] turn discount."""
         scale = 1.0 if reward_scale is None else reward_scale
-        terms = {name: values * scale for name, values in scores.components.items()}
-        weights = {name: (weights or {}).get(name, 1.0) for name in terms}
+        terms = {name: ((weights or {}).get(name, 1.0), values * scale) for name, values in scores.components.items()}
         return cls(scores.total, group_ids, loss_mask, kl_penalty, scores.step_ends, scores.step_rewards, selected,
-                   terms or None, weights or None)
-
-    def weighted_terms(self) -> dict[str, tuple[float, torch.Tensor]]:
-        """name -> (weight, [N] term); `rewards` itself as the one term `reward` when none are given."""
-        if self.reward_terms is None:
-            return {"reward": (1.0, self.rewards)}
-        return {name: (self.reward_weights[name], term) for name, term in self.reward_terms.items()}
+                   terms or None)
 
     @property
     def valid(self) -> torch.Tensor:

@@ -25,7 +25,7 @@ def inputs(terms: dict[str, list[float]], group_ids: list[int], weights: dict[st
     total = sum(weights[n] * torch.nan_to_num(c, nan=0.0) for n, c in columns.items())
     total = torch.where(known, total, torch.full_like(total, NAN))
     return AdvantageInputs(total, torch.tensor(group_ids), torch.ones(len(group_ids), 2),
-                           reward_terms=columns, reward_weights=weights)
+                           reward_terms={name: (weights[name], column) for name, column in columns.items()})
 
 
 def advantage(name, inp, **overrides):

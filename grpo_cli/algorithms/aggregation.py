@@ -91,6 +91,11 @@ GROUP_RULES = {
 }
 
 
+def weighted_terms(inp: AdvantageInputs) -> dict[str, tuple[float, torch.Tensor]]:
+    """name -> (weight, [N] term); the total reward as the one term `reward` when none are given."""
+    return inp.reward_terms or {"reward": (1.0, inp.rewards)}
+
+
 @dataclass
 class SequenceAdvantages:
     """values: [N] float64, one advantage per completion (0 where it takes no part).
@@ -105,7 +110,7 @@ def summed(rewards: torch.Tensor, inp: AdvantageInputs, cfg: AlgorithmConfig, ru
     """The rule on the weighted sum (`rewards`, KL penalty included when it is in the reward)."""
     normalised = rule(rewards, inp.valid, inp.group_ids, cfg)
     per_reward = {}
-    for name, (weight, term) in inp.weighted_terms().items():
+    for name, (weight, term) in weighted_terms(inp).items():
         filled = torch.where(torch.isnan(term), torch.zeros_like(term), term).to(torch.float64)
         baseline = rule(filled, inp.valid, inp.group_ids, cfg).baseline  # linear: the parts add up
         part = weight * (filled - baseline) / normalised.divisor
@@ -116,7 +121,7 @@ def summed(rewards: torch.Tensor, inp: AdvantageInputs, cfg: AlgorithmConfig, ru
 def decoupled(rewards: torch.Tensor, inp: AdvantageInputs, cfg: AlgorithmConfig, rule) -> SequenceAdvantages:
     """GDPO: the rule on each reward alone, the weighted sum, whitened over the batch's valid rows."""
     parts, active = {}, torch.zeros_like(inp.valid)
-    for name, (weight, term) in inp.weighted_terms().items():
+    for name, (weight, term) in weighted_terms(inp).items():
         normalised = rule(term, inp.valid & ~torch.isnan(term), inp.group_ids, cfg)
         parts[name] = weight * normalised.apply(torch.where(torch.isnan(term), torch.zeros_like(term), term))
         active |= normalised.keep
@@ -151,7 +156,7 @@ def reward_advantage_metrics(inp: AdvantageInputs, cfg: AlgorithmConfig) -> dict
     """advantage/NAME/mean and /std over the completions that take part, for each reward of a
     step scored by two or more (with one, its contribution is the advantage itself)."""
     rule = GROUP_RULES.get(cfg.advantage)
-    if rule is None or len(inp.weighted_terms()) < 2:
+    if rule is None or len(weighted_terms(inp)) < 2:
         return {}
     result = sequence_advantages(inp.sequence_rewards(), inp, cfg, rule)
     taking_part = inp.valid
