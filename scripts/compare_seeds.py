@@ -134,6 +134,7 @@ def compare(args: argparse.Namespace, arms: dict[str, list[str]], table, picture
     results = aggregate(folders)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(table(results))
-    plot_runs([run for runs in folders.values() for run in runs], args.out / picture, metrics=metrics)
+    done = [run for runs in folders.values() for run in runs if (run / "metrics.jsonl").exists()]
+    plot_runs(done, args.out / picture, metrics=metrics)
     print(table(results))
     return 0

@@ -17,8 +17,9 @@ line the model knows whether its answer is wrong. The `Check:` lines that follow
 as many after a wrong try as after a right one in its training data. That is the setting of
 Dr. GRPO's argument (arXiv 2503.20783): with each sequence's loss divided by its own length, a
 long wrong answer is penalised less per token than a short one, so where most answers are
-wrong and the model knows which, wrong answers should grow. How much they do in a run of the
-tiny model is measured by scripts/compare_length.py (README, "Length: GRPO against GFPO").
+wrong and the model knows which, wrong answers should grow. Measured (scripts/compare_length.py,
+README "Length: GRPO against GFPO"): they do not; with most of the gradient on wrong answers
+the model loses some of its checking arithmetic, and its answers get shorter.
 
 There are 9 x (9 + 81) problems (one or two known terms, every term 1..9); a problem belongs to
 the test split iff a stable hash of its text is 0 mod 10, as in tasks/arithmetic.py.
