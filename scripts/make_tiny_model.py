@@ -143,29 +143,40 @@ def render_prompt(tokenizer: PreTrainedTokenizerFast, question: str, system: str
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def sft_example(tokenizer, rng: random.Random, args: argparse.Namespace) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one chat-formatted training example; the loss covers only
-    the assistant turn (solution and EOS), never the prompt."""
-    terms = arithmetic.sample_split_terms(rng, "train")
-    system = rng.choice(SYSTEM_PROMPTS) if rng.random() < SYSTEM_RATE else None
-    prompt = render_prompt(tokenizer, arithmetic.format_question(terms), system)
-    completion = arithmetic.solution_text(terms, rng, args.error_rate, args.verbose_rate) + EOS
+def labelled(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a rendered prompt and its completion; the loss covers only the
+    completion (solution and EOS), never the prompt."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
 
 
-def sft_batches(tokenizer, args: argparse.Namespace) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless right-padded batches of fresh examples (the problem space is large, so no
-    epochs). Examples are drawn `BUCKET_BATCHES` batches at a time and grouped by length,
-    which nearly halves the padding a 2-core CPU would otherwise spend its time on."""
-    rng = random.Random(f"sft-{args.seed}")
+def sft_example(tokenizer, rng: random.Random, args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """One chat-formatted worked solution of an arithmetic problem."""
+    terms = arithmetic.sample_split_terms(rng, "train")
+    system = rng.choice(SYSTEM_PROMPTS) if rng.random() < SYSTEM_RATE else None
+    prompt = render_prompt(tokenizer, arithmetic.format_question(terms), system)
+    completion = arithmetic.solution_text(terms, rng, args.error_rate, args.verbose_rate) + EOS
+    return labelled(tokenizer, prompt, completion)
+
+
+def bucketed_batches(make_example, tokenizer, args: argparse.Namespace,
+                     rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless right-padded batches of fresh `make_example(tokenizer, rng, args)` examples (the
+    problem spaces are large, so no epochs). Examples are drawn `BUCKET_BATCHES` batches at a
+    time and grouped by length, which nearly halves the padding a 2-core CPU would otherwise
+    spend its time on."""
     while True:
-        pool = [sft_example(tokenizer, rng, args) for _ in range(args.batch_size * BUCKET_BATCHES)]
+        pool = [make_example(tokenizer, rng, args) for _ in range(args.batch_size * BUCKET_BATCHES)]
         pool.sort(key=lambda example: len(example[0]))
         chunks = [pool[i : i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
         rng.shuffle(chunks)
         yield from (collate(chunk, tokenizer.pad_token_id) for chunk in chunks)
+
+
+def sft_batches(tokenizer, args: argparse.Namespace) -> Iterator[dict[str, torch.Tensor]]:
+    """This model's SFT mix: worked arithmetic solutions."""
+    return bucketed_batches(sft_example, tokenizer, args, random.Random(f"sft-{args.seed}"))
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -311,12 +322,12 @@ def _make_tokenizer_config_portable(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_data(out: Path, train_rows: int, test_rows: int, seed: int) -> None:
+def write_data(out: Path, train_rows: int, test_rows: int, seed: int, make_rows=arithmetic.make_rows) -> None:
+    """train.jsonl and test.jsonl in `out` from a task's make_rows(split, n, seed)."""
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", train_rows), ("test", test_rows)):
-        rows = arithmetic.make_rows(split, n, seed)
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
+            handle.writelines(json.dumps(row) + "\n" for row in make_rows(split, n, seed))
 
 
 def check_saved(out: Path, question: str) -> str:

@@ -145,24 +145,6 @@ def feedback_example(tokenizer, rng: random.Random, args) -> tuple[list[int], li
     return encode(tokenizer, messages, [False, False, False, True], None)
 
 
-def batches(tokenizer, args):
-    """Endless length-bucketed batches of the mix (as make_tiny_model.sft_batches)."""
-    rng = random.Random(f"sft-tools-{args.seed}")
-    while True:
-        pool = sorted((example(tokenizer, rng, args) for _ in range(args.batch_size * base.BUCKET_BATCHES)),
-                      key=lambda pair: len(pair[0]))
-        chunks = [pool[i: i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
-        rng.shuffle(chunks)
-        yield from (base.collate(chunk, tokenizer.pad_token_id) for chunk in chunks)
-
-
-def write_data(out: Path, train_rows: int, test_rows: int, seed: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", train_rows), ("test", test_rows)):
-        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in long_sums.make_rows(split, n, seed))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.time()
@@ -172,9 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     model = base.build_model(tokenizer, args.seed, args.layers)
     params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}  parameters {params:,}", flush=True)
-    base.train(model, tokenizer, args, batches(tokenizer, args))
+    base.train(model, tokenizer, args, base.bucketed_batches(example, tokenizer, args, random.Random(f"sft-tools-{args.seed}")))
     base.save(model, tokenizer, args.out)
-    write_data(args.data_out, args.train_rows, args.test_rows, args.seed)
+    base.write_data(args.data_out, args.train_rows, args.test_rows, args.seed, long_sums.make_rows)
     print("reloaded greedy sample:", repr(base.check_saved(args.out, "3+5+2")))
     print(f"model folder {base.folder_size(args.out) / 1e6:.2f} MB  parameters {params:,}")
     print(f"runtime {time.time() - started:.0f} s")

@@ -2,7 +2,8 @@
 
 tiny-arith's character Llama and training loop (make_tiny_model.py), supervised on worked
 solutions of grpo_cli.tasks.missing_term: try a value at random, add it up, say whether the
-total matches, check again (`--check-rate`, independent of the verdict), answer. The model is
+total matches, check again (each further Check: line with probability `--verbose-rate`,
+independent of the verdict), answer. The model is
 right about one time in nine, knows by its verdict line when it is wrong, and can pad with
 `Check:` lines: the setting where GRPO lengthens answers (+recipe=embedded_verbose).
 
@@ -29,47 +30,21 @@ import make_tiny_model as base  # noqa: E402
 from grpo_cli.rewards.builtin import extract_final_answer  # noqa: E402
 from grpo_cli.tasks import missing_term  # noqa: E402
 
-ASSETS = REPO / "grpo_cli" / "assets"
 MAX_NEW_TOKENS = 128
 
 
 def parse_args(argv=None):
-    parser = base.argparse.ArgumentParser(description=__doc__,
-                                          formatter_class=base.argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ASSETS / "tiny-verbose", help="model folder to write")
-    parser.add_argument("--data-out", type=Path, default=ASSETS / "missing_term", help="folder for the jsonl files")
-    parser.add_argument("--train-rows", type=int, default=731, help="rows in train.jsonl (every train problem)")
-    parser.add_argument("--test-rows", type=int, default=79, help="rows in test.jsonl (every held-out problem)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1200, help="SFT optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--check-rate", type=float, default=0.5, help="probability of each further Check: line")
-    parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    """make_tiny_model.py's options; --verbose-rate is the chance of each further Check: line."""
+    return base.parse_args(argv, out=base.ASSETS / "tiny-verbose", data_out=base.ASSETS / "missing_term", train_rows=731,
+                           test_rows=79)
 
 
 def example(tokenizer, rng: random.Random, args) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one solution; the loss covers the assistant turn only."""
+    """One worked solution of a missing-term problem."""
     missing, known = missing_term.sample_split_problem(rng, "train")
     question = missing_term.format_question(missing, known)
-    prompt = base.render_prompt(tokenizer, question)
-    completion = missing_term.solution_text(question, rng, args.check_rate) + base.EOS
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids
-
-
-def batches(tokenizer, args):
-    """Endless length-bucketed batches (as make_tiny_model.sft_batches)."""
-    rng = random.Random(f"sft-missing-term-{args.seed}")
-    while True:
-        pool = sorted((example(tokenizer, rng, args) for _ in range(args.batch_size * base.BUCKET_BATCHES)),
-                      key=lambda pair: len(pair[0]))
-        chunks = [pool[i: i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
-        rng.shuffle(chunks)
-        yield from (base.collate(chunk, tokenizer.pad_token_id) for chunk in chunks)
+    completion = missing_term.solution_text(question, rng, args.verbose_rate) + base.EOS
+    return base.labelled(tokenizer, base.render_prompt(tokenizer, question), completion)
 
 
 @torch.no_grad()
@@ -99,12 +74,10 @@ def main(argv=None) -> None:
     model = base.build_model(tokenizer, args.seed, args.layers)
     params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}  parameters {params:,}", flush=True)
-    base.train(model, tokenizer, args, batches(tokenizer, args))
+    base.train(model, tokenizer, args, base.bucketed_batches(example, tokenizer, args,
+                                                             random.Random(f"sft-missing-term-{args.seed}")))
     base.save(model, tokenizer, args.out)
-    args.data_out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", args.train_rows), ("test", args.test_rows)):
-        with open(args.data_out / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in missing_term.make_rows(split, n, args.seed))
+    base.write_data(args.data_out, args.train_rows, args.test_rows, args.seed, missing_term.make_rows)
     test = [json.loads(line) for line in (args.data_out / "test.jsonl").read_text().splitlines()]
     print("reloaded greedy sample:", repr(base.check_saved(args.out, test[0]["question"])))
     for name, value in calibration(model, tokenizer, test).items():

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -107,7 +107,6 @@ def build(name: str, kwargs: dict) -> Callable:
         raise ValueError(f"unknown reward {name!r}; built-ins: {', '.join(sorted(REWARDS))}, "
                          f"or give module:function / file.py:function")
     return REWARDS[name](**kwargs)
-
 
 
 def display_names(names: list[str]) -> list[str]:
