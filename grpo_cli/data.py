@@ -22,6 +22,7 @@ import string
 from dataclasses import dataclass, field
 
 import datasets
+import jinja2
 import torch
 
 from grpo_cli.config import DataConfig
@@ -158,13 +159,20 @@ class PromptRenderer:
         given = lookup(row, self.cfg.prompt_key)
         return list(given) if is_messages(given) else [{"role": "user", "content": self.cfg.template.format_map(row)}]
 
-    def text(self, messages: list[dict]) -> str:
+    def text(self, messages: list[dict], where: str) -> str:
+        """The prompt as the model reads it; `where` names the row for the error when the model's
+        chat template refuses the messages (a role it does not know, say)."""
         messages = list(messages)
         if not self.cfg.chat_template:
             return "\n\n".join(m["content"] for m in messages)
         if self.cfg.system_prompt and messages[0].get("role") != "system":
             messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
-        return self.tokenizer.apply_chat_template(messages, tools=self.tools, add_generation_prompt=True, tokenize=False)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tools=self.tools, add_generation_prompt=True,
+                                                      tokenize=False)
+        except jinja2.TemplateError as error:
+            raise UserError(f"{where}: the model's chat template refuses these messages ({one_line(error)}); "
+                            f"change the row's messages or set data.chat_template=false") from error
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=not self.cfg.chat_template)["input_ids"]
@@ -226,9 +234,9 @@ def load_prompts(path: str, split: str, data_cfg: DataConfig, tokenizer, limit: 
         checked.append(with_reference(row, data_cfg, where))
     renderer = PromptRenderer(data_cfg, tokenizer, tools)
     kept, seen = PromptSet([], [], [], 0), set()
-    for row in checked[:limit] if limit else checked:
+    for line, row in enumerate(checked[:limit] if limit else checked, start=1):
         messages = renderer.messages(row)
-        text = renderer.text(messages)
+        text = renderer.text(messages, f"{path}: row {line}")
         if data_cfg.dedupe and text in seen:
             kept.dropped_duplicates += 1
             continue
@@ -315,12 +323,12 @@ def load_pairs(path: str, split: str, data_cfg: DataConfig, tokenizer, group_nam
     out = PairSet([], [], [], [], [], torch.zeros(0, dtype=torch.long), names, [])
     groups = []
     respond = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
-    for row, group, chosen, rejected in parsed:
+    for line, (row, group, chosen, rejected) in enumerate(parsed, start=1):
         if chosen == rejected:
             out.dropped_ties += 1
             continue
         messages = renderer.messages(row)
-        text = renderer.text(messages)
+        text = renderer.text(messages, f"{path}: row {line}")
         prompt = renderer.ids(text)
         if len(prompt) > data_cfg.max_prompt_tokens:
             out.dropped_too_long += 1

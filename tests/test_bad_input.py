@@ -33,10 +33,13 @@ FILES = {
     "nullanswer.jsonl": '{"question": "1+1", "answer": null}\n',
     "listprompt.jsonl": '{"question": ["1+2", "3+4"], "answer": "3"}\n',
     "norole.jsonl": '{"messages": [{"content": "1+1"}], "answer": "2"}\n',
+    "toolrole.jsonl": '{"messages": [{"role": "user", "content": "1+1"}], "answer": "2"}\n'
+                      '{"messages": [{"role": "user", "content": "1+2"}, {"role": "tool", "content": "3"}], "answer": "3"}\n',
     "long.jsonl": '{"question": "1+1", "answer": "2"}\n{"question": "%s", "answer": "2"}\n' % ("1+" * 120 + "1"),
     "rows.jsonl": '{"prompt": "1+1", "completion": "Answer: 2", "answer": "2"}\n',
     "recipes/broken.yaml": "trainer: [1, 2\n",
     "undocumented.py": "def add(terms):\n    return sum(terms)\n",
+    "raising.py": "import os\nKEY = os.environ['GRPO_TEST_NO_SUCH_KEY']\n\ndef reward(completions, **kwargs):\n    return [1.0] * len(completions)\n",
     "other/config.yaml": "algorithm:\n  name: someone_else\n",
     "other/metrics.jsonl": '{"step": 0}\n',
 }
@@ -124,6 +127,8 @@ CASES = [
     (train("data.template='Q: {question'"), 2, "is not a template (expected '}' before end of string)"),
     (train("data.template='{}'"), 2, "an empty {} names no column"),
     (train("reward.functions=[{name:'no_such_module_xyz:f'}]"), 2, "cannot import 'no_such_module_xyz'"),
+    (train("reward.functions=[{name:'{root}/raising.py:reward'}]"), 2,
+     "importing {root}/raising.py raised KeyError at {root}/raising.py:2: 'GRPO_TEST_NO_SUCH_KEY'; fix the module"),
     (train("model.name_or_path=/no/such/model"), 2, "model path /no/such/model does not exist"),
     # GGUF model files (model_source.py): nothing is converted, nothing written in $GRPO_CACHE
     (train("model.name_or_path={root}/missing.gguf"), 2, "model.name_or_path={root}/missing.gguf does not exist; give a "
@@ -161,6 +166,9 @@ CASES = [
     (train("data.path={root}/nullanswer.jsonl"), 2, "row 1 has 'answer': null; fix data.answer_key or the file"),
     (train("data.path={root}/listprompt.jsonl"), 2, "column 'question' holds a list, not text"),
     (train("data.path={root}/norole.jsonl", "data.prompt_key=messages"), 2, "message 0 has role None"),
+    (train("data.path={root}/toolrole.jsonl", "data.prompt_key=messages"), 2,
+     "{root}/toolrole.jsonl: row 2: the model's chat template refuses these messages (unsupported role: tool); change "
+     "the row's messages or set data.chat_template=false"),
     (train("data.path={root}/long.jsonl", "data.max_prompt_tokens=400"), 2,
      "1 of 2 prompts plus the 64-token generation budget exceed the model's 256 positions; set data.max_prompt_tokens=192"),
     # the run folder

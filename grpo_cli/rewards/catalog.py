@@ -16,6 +16,7 @@ import inspect
 import os
 import subprocess
 import sys
+import traceback
 from collections import Counter
 from typing import Callable
 
@@ -69,6 +70,8 @@ def load_user_function(name: str) -> Callable:
             spec.loader.exec_module(module)
         except SystemExit as exit_:  # the user's module ended itself: its failure, not ours
             raise ValueError(f"file {target} called sys.exit({exit_.code}) when imported") from None
+        except Exception as error:
+            raise import_failure(target, error) from error
     else:
         try:
             module = importlib.import_module(target)
@@ -76,10 +79,24 @@ def load_user_function(name: str) -> Callable:
             raise ValueError(f"cannot import {target!r} for {name}: {error}") from error
         except SystemExit as exit_:
             raise ValueError(f"module {target} called sys.exit({exit_.code}) when imported") from None
+        except Exception as error:
+            raise import_failure(target, error) from error
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ValueError(f"{target} has no function {attribute!r}")
     return function
+
+
+def import_failure(target: str, error: Exception) -> ValueError:
+    """A user's module raised while it was imported: what, and where in the user's own file
+    (else the innermost frame outside Python's import machinery)."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")]
+    own = target if target.endswith(".py") else target.replace(".", os.sep)
+    mine = [f for f in frames if os.path.splitext(os.path.abspath(f.filename))[0].endswith(
+        os.path.splitext(os.path.abspath(own))[0] if own.endswith(".py") else own)] or frames
+    where = f" at {mine[-1].filename}:{mine[-1].lineno}" if mine else ""
+    message = " ".join(str(error).split())
+    return ValueError(f"importing {target} raised {type(error).__name__}{where}: {message}; fix the module")
 
 
 def probe_user_module(name: str) -> None:
