@@ -28,7 +28,6 @@ from grpo_cli.data import PairSet, load_pairs
 from grpo_cli.distributed import Ranks
 from grpo_cli.errors import UserError
 from grpo_cli.learner import Learner
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.metrics import StepResult
 from grpo_cli.runtime import DTYPES, load_tokenizer, pick_device
 from grpo_cli.schedule import step_indices
@@ -78,8 +77,8 @@ class PreferenceRun:
         """The held-out pairs' group figures for the current policy."""
         if self.held_out is None:
             return None
-        sums = sums_of(self.learner.model, self.held_out, list(range(len(self.held_out))), self.tokenizer.pad_token_id,
-                       self.learner.device, self.learner.precision, max(1, self.cfg.trainer.micro_batch_size // 2))
+        sums = sums_of(self.learner, self.learner.model, self.held_out, list(range(len(self.held_out))),
+                       self.tokenizer.pad_token_id)
         return group_figures(sums, self.ref_held_out, self.held_out)
 
     def state_dict(self) -> dict:
@@ -115,22 +114,28 @@ def pair_batch(pairs: PairSet, index: list[int], pad_id: int) -> Sequences:
                      loss_mask=response_mask.float(), sampler_logprobs=torch.zeros(response_mask.shape))
 
 
-def response_sums(model, batch: Sequences, device: torch.device, precision) -> torch.Tensor:
-    """Σ over response tokens of log π (T = 1), [2b]; with gradients when the model has them on."""
-    moved = batch.to(device)
-    with precision:
-        logprobs = sequence_logprobs(model, moved, 1.0)[0]
-    return (logprobs * moved.loss_mask).sum(-1)
+def response_sums(learner: Learner, model, micro: Sequences) -> torch.Tensor:
+    """Σ over response tokens of log π (T = 1) of a micro-batch on the device, [rows]; with
+    gradients when the model has them on."""
+    return (learner.forward_logprobs(model, micro, 1.0)[0] * micro.loss_mask).sum(-1)
 
 
 @torch.no_grad()
-def sums_of(model, pairs: PairSet, index: list[int], pad_id: int, device, precision_fn, per_call: int) -> torch.Tensor:
-    """[len(index), 2] (chosen, rejected) sums of the pairs `index`, per_call pairs at a time."""
+def sums_of(learner: Learner, model, pairs: PairSet, index: list[int], pad_id: int) -> torch.Tensor:
+    """[len(index), 2] (chosen, rejected) sums of the pairs `index` under `model`, in blocks of
+    trainer.micro_batch_size rows, each through the learner's micro-batches."""
     out = []
-    for start in range(0, len(index), per_call):
-        sums = response_sums(model, pair_batch(pairs, index[start:start + per_call], pad_id), device, precision_fn())
-        out.append(sums.float().cpu().view(2, -1).T)
+    for start in range(0, len(index), pairs_per_block(learner)):
+        batch = pair_batch(pairs, index[start:start + pairs_per_block(learner)], pad_id)
+        sums = torch.zeros(len(batch))
+        for rows, micro in learner.micro_batches(batch):
+            sums[rows] = response_sums(learner, model, micro).float().cpu()
+        out.append(sums.view(2, -1).T)
     return torch.cat(out)
+
+
+def pairs_per_block(learner: Learner) -> int:
+    return max(1, learner.cfg.trainer.micro_batch_size // 2)
 
 
 def as_pairs(sums: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> PairLogprobs:
@@ -140,30 +145,37 @@ def as_pairs(sums: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> Pai
 
 
 def preference_step(run: PreferenceRun, step: int) -> dict[str, float]:
-    """One mini-batch of trainer.prompts_per_step pairs: weights, policy step, metrics."""
+    """One mini-batch of trainer.prompts_per_step pairs: weights, policy step, metrics.
+
+    When the mini-batch is one micro-batch, one pass gives the losses and their gradient. Else
+    a gradient-free pass gives every pair's loss, α (from the whole mini-batch, §6.4) and
+    ∂loss/∂sum of each response; each micro-batch then back-propagates its sums times those
+    coefficients, which is the same gradient however the rows were split."""
     cfg, p, learner = run.cfg, run.cfg.algorithm.preference, run.learner
     index = step_indices(len(run.train), cfg.trainer.prompts_per_step, step, cfg.seed)
     groups, ref = run.train.groups[index], run.ref_train[index]
-    per_micro = max(1, cfg.trainer.micro_batch_size // 2)
-    chunks = [list(range(s, min(s + per_micro, len(index)))) for s in range(0, len(index), per_micro)]
-    pad = run.tokenizer.pad_token_id
-    weights = None
-    if len(chunks) > 1:  # α first, from the whole mini-batch
-        detached = sums_of(learner.model, run.train, index, pad, learner.device, learner.precision, per_micro)
-        losses = pair_losses(as_pairs(detached.T.reshape(-1), ref, groups), p.pair_loss, p.beta)
-        weights, alpha = WEIGHTINGS[p.group_weighting](losses, groups, run.state, p.eta_alpha)
+    batch = pair_batch(run.train, index, run.tokenizer.pad_token_id)
+    micros = list(learner.micro_batches(batch))
     learner.zero_grad()
-    per_pair, margins = torch.zeros(len(index)), torch.zeros(len(index))
-    for chunk in chunks:
-        sums = response_sums(learner.model, pair_batch(run.train, [index[i] for i in chunk], pad), learner.device,
-                             learner.precision())
-        pairs = as_pairs(sums, ref[chunk], groups[chunk])
+    if len(micros) == 1:
+        rows, micro = micros[0]  # rows[i]: the batch row of the micro-batch's row i (packing sorts them)
+        pairs = as_pairs(response_sums(learner, learner.model, micro)[torch.argsort(rows.to(learner.device))], ref, groups)
         losses = pair_losses(pairs, p.pair_loss, p.beta)
-        if weights is None:
-            weights, alpha = WEIGHTINGS[p.group_weighting](losses.detach(), pairs.groups, run.state, p.eta_alpha)
-        learner.backward((weights[chunk].to(losses) * losses).sum())
-        per_pair[chunk], margins[chunk] = losses.detach().float().cpu(), pairs.margins().detach().float().cpu()
-    return finish_step(run, per_pair, margins, groups, alpha)
+        weights, alpha = WEIGHTINGS[p.group_weighting](losses.detach(), pairs.groups, run.state, p.eta_alpha)
+        learner.backward((weights.to(losses) * losses).sum())
+        return finish_step(run, losses.detach().float().cpu(), pairs.margins().detach().float().cpu(), groups, alpha)
+    with torch.no_grad():
+        sums = torch.zeros(len(batch))
+        for rows, micro in micros:
+            sums[rows] = response_sums(learner, learner.model, micro).float().cpu()
+    sums.requires_grad_(True)
+    pairs = as_pairs(sums, ref, groups)
+    losses = pair_losses(pairs, p.pair_loss, p.beta)
+    weights, alpha = WEIGHTINGS[p.group_weighting](losses.detach(), pairs.groups, run.state, p.eta_alpha)
+    coefficients = torch.autograd.grad((weights.to(losses) * losses).sum(), sums)[0]
+    for rows, micro in micros:
+        learner.backward((coefficients[rows].to(learner.device) * response_sums(learner, learner.model, micro)).sum())
+    return finish_step(run, losses.detach(), pairs.margins().detach(), groups, alpha)
 
 
 def finish_step(run: PreferenceRun, per_pair, margins, groups, alpha) -> dict[str, float]:
@@ -203,10 +215,9 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Pref
     held_out = None if cfg.data.eval_path is None else load_pairs(
         cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer, group_names=train_pairs.group_names)
     learner = Learner(cfg, device, dtype, cfg.trainer.steps, policy_path=policy_path, needs_reference=True)
-    per_call = max(1, cfg.trainer.micro_batch_size // 2)
     with learner.reference_model() as reference:
-        cached = [None if pairs is None else sums_of(reference, pairs, list(range(len(pairs))), tokenizer.pad_token_id,
-                                                     device, learner.precision, per_call)
+        cached = [None if pairs is None else sums_of(learner, reference, pairs, list(range(len(pairs))),
+                                                     tokenizer.pad_token_id)
                   for pairs in (train_pairs, held_out)]
     learner.drop_reference()  # cached: the reference model is not needed again
     return PreferenceRun(cfg, tokenizer, train_pairs, held_out, learner, cached[0], cached[1],

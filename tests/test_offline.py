@@ -27,8 +27,7 @@ def test_pair_batch_puts_chosen_then_rejected_and_masks_the_responses(run):
         [len(run.train.rejected_ids[i]) for i in range(3)]
     one = offline.pair_batch(run.train, [1], run.tokenizer.pad_token_id)
     direct = (sequence_logprobs(run.learner.model, one, 1.0)[0] * one.loss_mask).sum(-1)
-    many = offline.sums_of(run.learner.model, run.train, [0, 1, 2], run.tokenizer.pad_token_id, torch.device("cpu"),
-                           run.learner.precision, per_call=2)
+    many = offline.sums_of(run.learner, run.learner.model, run.train, [0, 1, 2], run.tokenizer.pad_token_id)
     assert many[1].tolist() == pytest.approx(direct.tolist(), abs=1e-4)
     assert torch.allclose(run.ref_train[:3], many, atol=1e-4)  # the policy has not moved yet: it is the reference
     assert run.learner.reference is None  # its sums are cached; the model itself is freed
@@ -50,6 +49,39 @@ def test_micro_batches_take_the_step_of_one_pass(tmp_path):
     assert whole_metrics["grad_norm"] == pytest.approx(split_metrics["grad_norm"], rel=1e-4)
     moved = max(float((a - b).detach().abs().max()) for a, b in zip(whole.learner.model.parameters(), split.learner.model.parameters()))
     assert moved < 1e-5
+
+
+def observed_step(tmp_path, *overrides):
+    """A GR-DPO step's metrics, its gradient (before the optimizer takes it) and the largest
+    tensors the model made: its input (rows x width) and the output layer's logits."""
+    cfg = composed(f"output_dir={tmp_path}", "algorithm=gr_dpo", *PAIRS, *overrides)
+    run = offline.build(cfg, cfg.model.name_or_path)
+    model, largest, grads = run.learner.model, {"input": 0, "logits": 0}, {}
+    model.register_forward_pre_hook(lambda _, args, kwargs: largest.update(
+        input=max(largest["input"], kwargs["input_ids"].numel())), with_kwargs=True)
+    model.lm_head.register_forward_hook(lambda _, args, out: largest.update(logits=max(largest["logits"], out.numel())))
+    apply_gradients = run.learner.apply_gradients
+
+    def keep_gradient(*args, **kwargs):
+        grads.update({name: p.grad.clone() for name, p in model.named_parameters()})
+        return apply_gradients(*args, **kwargs)
+
+    run.learner.apply_gradients = keep_gradient
+    return offline.preference_step(run, 0), grads, largest
+
+
+@pytest.mark.parametrize("setting, shrinks", [("trainer.logprob_chunk=4", "logits"),
+                                              ("trainer.micro_batch_tokens=200", "input")])
+def test_the_preference_step_goes_through_the_learners_batching(tmp_path, setting, shrinks):
+    """trainer.logprob_chunk and trainer.micro_batch_tokens apply to the preference objective:
+    each shrinks the largest tensor it governs and leaves the loss and the gradient as they were."""
+    plain, plain_grads, plain_largest = observed_step(tmp_path / "plain")
+    other, other_grads, other_largest = observed_step(tmp_path / "other", setting)
+    assert other_largest[shrinks] < plain_largest[shrinks] / 2
+    assert other["loss"] == pytest.approx(plain["loss"], abs=1e-6)
+    assert other["rewards/margin"] == pytest.approx(plain["rewards/margin"], abs=1e-6)  # ~0 at step 0: the policy is the reference
+    for name, grad in plain_grads.items():
+        assert torch.allclose(other_grads[name], grad, atol=1e-6, rtol=1e-4), name
 
 
 def test_gr_dpo_logs_alpha_checkpoints_it_and_resumes(tmp_path):

@@ -8,13 +8,11 @@ group's task accuracy over eval.k samples of its prompts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from grpo_cli.checkpoint import is_checkpoint, verify
 from grpo_cli.config import GrpoConfig
@@ -23,6 +21,7 @@ from grpo_cli.driver import OBJECTIVES
 from grpo_cli.environments import episode_spec
 from grpo_cli.errors import UserError
 from grpo_cli.evaluate import evaluate, sample_and_score
+from grpo_cli.learner import Learner
 from grpo_cli.metrics import console, headline, results_table
 from grpo_cli.offline import group_figures, sums_of
 from grpo_cli.rewards.scoring import RewardSet
@@ -73,9 +72,9 @@ def evaluate_pairs(cfg: GrpoConfig, weights: str) -> dict:
     tokenizer = load_tokenizer(weights, cfg.model.trust_remote_code)
     pairs = load_pairs(cfg.data.eval_path, cfg.data.eval_split, cfg.data, tokenizer)
     every = list(range(len(pairs)))
-    sums = [sums_of(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-                    .to(device).eval(), pairs, every, tokenizer.pad_token_id, device, contextlib.nullcontext, 16)
-            for path in (weights, cfg.model.name_or_path)]
+    learner = Learner(cfg, device, dtype, 1, policy_path=weights, needs_reference=True)
+    with learner.reference_model() as reference:
+        sums = [sums_of(learner, model, pairs, every, tokenizer.pad_token_id) for model in (learner.model, reference)]
     result = group_figures(sums[0], sums[1], pairs).to_dict()
     if all(lookup(row, cfg.data.answer_key) is not None for row in pairs.examples):
         for name, accuracy in task_accuracy(cfg, weights, tokenizer, pairs, device).items():
