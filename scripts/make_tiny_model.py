@@ -160,14 +160,14 @@ def sft_example(tokenizer, rng: random.Random, args: argparse.Namespace) -> tupl
     return labelled(tokenizer, prompt, completion)
 
 
-def bucketed_batches(make_example, tokenizer, args: argparse.Namespace,
-                     rng: random.Random) -> Iterator[dict[str, torch.Tensor]]:
+def bucketed_batches(make_example, tokenizer, args: argparse.Namespace, rng: random.Random,
+                     bucket_batches: int = BUCKET_BATCHES) -> Iterator[dict[str, torch.Tensor]]:
     """Endless right-padded batches of fresh `make_example(tokenizer, rng, args)` examples (the
     problem spaces are large, so no epochs). Examples are drawn `BUCKET_BATCHES` batches at a
     time and grouped by length, which nearly halves the padding a 2-core CPU would otherwise
-    spend its time on."""
+    spend its time on; `bucket_batches=1` keeps each batch a random mix of lengths."""
     while True:
-        pool = [make_example(tokenizer, rng, args) for _ in range(args.batch_size * BUCKET_BATCHES)]
+        pool = [make_example(tokenizer, rng, args) for _ in range(args.batch_size * bucket_batches)]
         pool.sort(key=lambda example: len(example[0]))
         chunks = [pool[i : i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
         rng.shuffle(chunks)

@@ -1,11 +1,11 @@
 """Build the shipped tiny model `grpo_cli/assets/tiny-verbose/` and the missing-term data set.
 
-tiny-arith's character Llama and training loop (make_tiny_model.py), supervised on worked
-solutions of grpo_cli.tasks.missing_term: try a value at random, add it up, say whether the
-total matches, check again (each further Check: line with probability `--verbose-rate`,
-independent of the verdict), answer. The model is
-right about one time in nine, knows by its verdict line when it is wrong, and can pad with
-`Check:` lines: the setting where GRPO lengthens answers (+recipe=embedded_verbose).
+tiny-arith's character Llama and training loop (make_tiny_model.py), supervised on answers to
+grpo_cli.tasks.missing_term problems: a guess with probability `--error-rate` (0.5), else the
+subtraction worked out, followed with probability `--verbose-rate` (0.75) by a check and a
+sentence that change nothing. Batches are random mixes of lengths (not bucketed), so the
+per-token loss weighs each kind of answer's first token alike and the model keeps the mix.
+The model behind +recipe=embedded_verbose, where GRPO lengthens answers.
 
     python scripts/make_tiny_verbose_model.py      # full build, about five minutes on 2 cores
 
@@ -34,16 +34,17 @@ MAX_NEW_TOKENS = 128
 
 
 def parse_args(argv=None):
-    """make_tiny_model.py's options; --verbose-rate is the chance of each further Check: line."""
+    """make_tiny_model.py's options; --error-rate is the share of guessed answers, --verbose-rate
+    the share of worked ones written out at length."""
     return base.parse_args(argv, out=base.ASSETS / "tiny-verbose", data_out=base.ASSETS / "missing_term", train_rows=731,
-                           test_rows=79)
+                           test_rows=79, error_rate=0.5, verbose_rate=0.75)
 
 
 def example(tokenizer, rng: random.Random, args) -> tuple[list[int], list[int]]:
     """One worked solution of a missing-term problem."""
     missing, known = missing_term.sample_split_problem(rng, "train")
     question = missing_term.format_question(missing, known)
-    completion = missing_term.solution_text(question, rng, args.verbose_rate) + base.EOS
+    completion = missing_term.solution_text(question, rng, args.error_rate, args.verbose_rate) + base.EOS
     return base.labelled(tokenizer, base.render_prompt(tokenizer, question), completion)
 
 
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}  parameters {params:,}", flush=True)
     base.train(model, tokenizer, args, base.bucketed_batches(example, tokenizer, args,
-                                                             random.Random(f"sft-missing-term-{args.seed}")))
+                                                             random.Random(f"sft-missing-term-{args.seed}"), bucket_batches=1))
     base.save(model, tokenizer, args.out)
     base.write_data(args.data_out, args.train_rows, args.test_rows, args.seed, missing_term.make_rows)
     test = [json.loads(line) for line in (args.data_out / "test.jsonl").read_text().splitlines()]

@@ -216,16 +216,15 @@ def test_missing_term_rows_are_right_and_the_splits_are_disjoint(make_cfg):
     assert (len(questions["train"]), len(questions["test"])) == (731, 79)  # every problem there is: 9 x (9 + 81)
 
 
-def test_a_missing_term_solution_says_whether_its_try_adds_up():
+def test_a_missing_term_solution_guesses_or_works_it_out_and_may_pad():
     import random
 
     from grpo_cli.tasks import missing_term
 
-    text = missing_term.solution_text("?+4+3=15", random.Random(0), check_rate=1.0)
-    lines = text.splitlines()
-    tried = int(lines[0].removeprefix("Try "))
-    assert lines[1:3] == [f"{tried}+4={tried + 4}", f"{tried + 4}+3={tried + 7}"]
-    verdict = "is 15" if tried == 8 else "is not 15"
-    assert lines[3] == f"{tried + 7} {verdict}"
-    assert lines[4:7] == [f"Check: {tried}+4+3={tried + 7}, {verdict}"] * missing_term.MAX_CHECKS
-    assert lines[7] == f"Answer: {tried}"
+    rng = random.Random(0)
+    guesses = {missing_term.solution_text("?+4+3=15", rng, guess_rate=1.0, verbose_rate=0.0) for _ in range(200)}
+    assert guesses == {f"Answer: {n}" for n in range(1, 10)}
+    short = missing_term.solution_text("?+4+3=15", rng, guess_rate=0.0, verbose_rate=0.0)
+    assert short == "15-4=11\n11-3=8\nAnswer: 8"
+    long = missing_term.solution_text("?+4+3=15", rng, guess_rate=0.0, verbose_rate=1.0)
+    assert long == "15-4=11\n11-3=8\nCheck: 8+4+3=15\nSo the missing term is 8.\nAnswer: 8"

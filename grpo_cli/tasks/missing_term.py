@@ -1,25 +1,22 @@
-"""Synthetic low-success task: find the missing first term of a sum, such as ``?+4+3=15``.
+"""Synthetic task: find the missing first term of a sum, such as ``?+4+3=15``.
 
-The task behind +recipe=embedded_verbose, built to let GRPO lengthen answers. A solution
-tries a value, adds it up, says whether the total matches, may check again, and answers:
+The task behind +recipe=embedded_verbose, where GRPO lengthens answers. The tiny-verbose model
+(scripts/make_tiny_verbose_model.py) was supervised on three kinds of answer:
 
-    Try 6
-    6+4=10
-    10+3=13
-    13 is not 15
-    Check: 6+4+3=13, is not 15
-    Answer: 6
+    Answer: 6            a guess (half of them), right about one time in nine
 
-The tiny model supervised on such solutions (scripts/make_tiny_verbose_model.py) tries a value
-uniformly at random, so it is right about one time in nine and has to learn subtraction from a
-sparse reward: success stays low for a whole run. Checking is easy, though: by its verdict
-line the model knows whether its answer is wrong. The `Check:` lines that follow are padding,
-as many after a wrong try as after a right one in its training data. That is the setting of
-Dr. GRPO's argument (arXiv 2503.20783): with each sequence's loss divided by its own length, a
-long wrong answer is penalised less per token than a short one, so where most answers are
-wrong and the model knows which, wrong answers should grow. Measured (scripts/compare_length.py,
-README "Length: GRPO against GFPO"): they do not; with most of the gradient on wrong answers
-the model loses some of its checking arithmetic, and its answers get shorter.
+    15-4=11              the subtraction worked out, right but for the model's slips, then
+    11-3=8               (three times in four) a check and a sentence that change nothing
+    Check: 8+4+3=15
+    So the missing term is 8.
+    Answer: 8
+
+The reward is for the answer only. RL quickly replaces guessing by working, and the working
+the model usually writes is the long kind: the extra lines come after the answer is settled,
+so the reward cannot tell them apart and GRPO keeps them as they come (README, "Length: GRPO
+against GFPO"). GFPO (arXiv 2508.09726) learns only from the shortest answers of each group, so
+the same switch to working comes with the short kind. The growth GRPO shows here is part useful
+(working instead of guessing, 10 -> 24 tokens) and part padding (24 -> 65).
 
 There are 9 x (9 + 81) problems (one or two known terms, every term 1..9); a problem belongs to
 the test split iff a stable hash of its text is 0 mod 10, as in tasks/arithmetic.py.
@@ -33,7 +30,6 @@ from grpo_cli.tasks.arithmetic import SPLITS, split_of
 
 MIN_KNOWN, MAX_KNOWN = 1, 2  # terms given besides the missing one
 MIN_TERM, MAX_TERM = 1, 9
-MAX_CHECKS = 3
 
 
 def format_question(missing: int, known: list[int]) -> str:
@@ -76,21 +72,17 @@ def make_rows(split: str, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def solution_text(question: str, rng: random.Random, check_rate: float) -> str:
-    """Try a value at random, add it up, compare, check again while a coin of `check_rate` says
-    so (at most MAX_CHECKS times, whatever the verdict), answer the value tried."""
+def solution_text(question: str, rng: random.Random, guess_rate: float, verbose_rate: float) -> str:
+    """A guess with probability `guess_rate`; otherwise the subtraction worked out, then, with
+    probability `verbose_rate`, a check and a sentence that change nothing, then the answer."""
     known, total = parse_question(question)
-    guess = rng.randint(MIN_TERM, MAX_TERM)
-    lines = [f"Try {guess}"]
-    running = guess
+    if rng.random() < guess_rate:
+        return f"Answer: {rng.randint(MIN_TERM, MAX_TERM)}"
+    lines, running = [], total
     for term in known:
-        lines.append(f"{running}+{term}={running + term}")
-        running += term
-    lines.append(f"{running} is {total}" if running == total else f"{running} is not {total}")
-    check = "Check: " + "+".join(str(t) for t in [guess, *known]) + f"={running}, " + lines[-1].split(" ", 1)[1]
-    checks = 0
-    while checks < MAX_CHECKS and rng.random() < check_rate:
-        lines.append(check)
-        checks += 1
-    lines.append(f"Answer: {guess}")
-    return "\n".join(lines)
+        lines.append(f"{running}-{term}={running - term}")
+        running -= term
+    if rng.random() < verbose_rate:
+        lines += ["Check: " + "+".join(str(t) for t in [running, *known]) + f"={total}",
+                  f"So the missing term is {running}."]
+    return "\n".join([*lines, f"Answer: {running}"])
