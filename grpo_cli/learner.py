@@ -1,9 +1,9 @@
 """The learner: policy model, optional frozen reference, AdamW, schedule, and the update.
 
-Log-probs are recomputed in fp32 at the sampling temperature (ALGORITHMS.md §0.2). The
-update runs μ epochs over shuffled mini-batches (§1.4); each mini-batch is one optimizer step
+Log-probs are recomputed in fp32 at the sampling temperature (docs/algorithms.md §1.2). The
+update runs μ epochs over shuffled mini-batches (docs/algorithms.md §2.4); each mini-batch is one optimizer step
 whose loss normalisers are counted over the whole mini-batch before it is split into
-micro-batches, so the accumulated gradient equals the full-batch gradient (§0.4). With μ = 1
+micro-batches, so the accumulated gradient equals the full-batch gradient (docs/algorithms.md §1.4). With μ = 1
 and one mini-batch the learner skips recomputing ℓ_old and uses ℓ.detach() (ratio ≡ 1), as
 TRL does.
 
@@ -29,7 +29,7 @@ from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.types import BatchLogprobs, BatchNorm, LossInputs, Sequences, TrainBatch
 
-# The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (ALGORITHMS.md §7.4).
+# The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (docs/algorithms.md §8.1).
 MAX_GAP = "mismatch/max_abs_logprob_gap"
 MAX_KEYS = {MAX_GAP, IS_WEIGHT_MAX}
 

@@ -1,4 +1,4 @@
-"""Per-token log-probs of completion tokens at the sampling temperature (ALGORITHMS.md §0.2).
+"""Per-token log-probs of completion tokens at the sampling temperature (docs/algorithms.md §1.2).
 
 Whole: the model's own forward keeps the logits of the completion positions only
 (`logits_to_keep`), [b, C, V] in fp32 at once. Chunked (`trainer.logprob_chunk` = positions per

@@ -1,10 +1,11 @@
-"""The offline preference run: DPO, IPO, GR-DPO and GR-IPO on pairs (preference.py, §6).
+"""The offline preference run: DPO, IPO, GR-DPO and GR-IPO on pairs (preference.py).
 
-One step reads top to bottom: take a mini-batch of pairs, compute each pair's loss and from
-them the weights (the new α for the group-robust methods), back-propagate the weighted sum,
-step, log. With more than one micro-batch the weights come from a gradient-free first pass,
-since α must be updated from the whole mini-batch before the policy step (§6.4). The
-reference log-probs are computed once, before the first step, and cached (§6.1); π_ref is the
+The objectives are docs/algorithms.md §9. One step reads top to bottom: take a mini-batch of
+pairs, compute each pair's loss and from them the weights (the new α for the group-robust
+methods), back-propagate the weighted sum, step, log. With more than one micro-batch the
+weights come from a gradient-free first pass, since α must be updated from the whole
+mini-batch before the policy step (docs/algorithms.md §9.4). The reference log-probs are
+computed once, before the first step, and cached (docs/algorithms.md §9.1); π_ref is the
 model training starts from, the paper's SFT model (the shipped tiny model already is one for
 its task). α is trainer state: logged every step, checkpointed and restored. One process only; driver.py runs the steps.
 """
@@ -148,7 +149,7 @@ def preference_step(run: PreferenceRun, step: int) -> dict[str, float]:
     """One mini-batch of trainer.prompts_per_step pairs: weights, policy step, metrics.
 
     When the mini-batch is one micro-batch, one pass gives the losses and their gradient. Else
-    a gradient-free pass gives every pair's loss, α (from the whole mini-batch, §6.4) and
+    a gradient-free pass gives every pair's loss, α (from the whole mini-batch, docs/algorithms.md §9.4) and
     ∂loss/∂sum of each response; each micro-batch then back-propagates its sums times those
     coefficients, which is the same gradient however the rows were split."""
     cfg, p, learner = run.cfg, run.cfg.algorithm.preference, run.learner

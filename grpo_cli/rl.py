@@ -215,7 +215,7 @@ def generate(run: Run, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
 
 def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
     """Sample rounds until prompts_per_step groups keep a completion or max_sampling_rounds is
-    reached (DAPO's dynamic sampling, ALGORITHMS.md §3.2); kept groups beyond the target are
+    reached (DAPO's dynamic sampling, docs/algorithms.md §4.2); kept groups beyond the target are
     discarded, not carried over, and a short batch trains with a warning. Synchronously every
     round samples from the same policy; with trainer.max_staleness each round is one batch
     generated ahead, all its groups from one policy version, a refill maybe from a newer one."""

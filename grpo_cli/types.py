@@ -1,4 +1,4 @@
-"""Typed hand-offs between the stages of one training step (see DESIGN.md, "Typed hand-offs").
+"""Typed hand-offs between the stages of one training step (docs/design.md §2).
 
 Shapes use N for completions in the batch (prompts x group size), P for the left-padded
 prompt width and C for the right-padded completion width. Every per-token tensor of a
@@ -113,7 +113,7 @@ class Rollouts:
 
     @property
     def completion_lengths(self) -> torch.Tensor:
-        """[N] number of loss-bearing tokens |o_i| (ALGORITHMS.md §0.1)."""
+        """[N] number of loss-bearing tokens |o_i| (docs/algorithms.md §1.1)."""
         return self.completion_mask.sum(-1)
 
     @property
@@ -226,7 +226,7 @@ class Sequences:
 
     @classmethod
     def from_rollouts(cls, rollouts: Rollouts, overlong_filter: bool = False) -> "Sequences":
-        """Prompt and completion side by side. With `overlong_filter` (DAPO §3.3) a truncated
+        """Prompt and completion side by side. With `overlong_filter` (docs/algorithms.md §4.3) a truncated
         completion has no loss-bearing token."""
         loss_mask = rollouts.completion_mask.float()
         if overlong_filter:
@@ -379,7 +379,7 @@ class LossInputs:
 @dataclass
 class BatchNorm:
     """Normalisers of the optimizer-step mini-batch, counted before micro-batching so that
-    summing micro-batch losses gives exactly the full mini-batch loss (ALGORITHMS.md §0.4).
+    summing micro-batch losses gives exactly the full mini-batch loss (docs/algorithms.md §1.4).
 
     num_sequences: sequences with at least one loss-bearing token (empty ones are excluded).
     num_tokens:    loss-bearing tokens in the mini-batch.

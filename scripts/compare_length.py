@@ -3,7 +3,7 @@
     python scripts/compare_length.py --out DIR [--seeds 0,1,2] [OVERRIDE ...]
 
 Trains `algorithm=grpo` and `algorithm=gfpo` (`--arms` may add dr_grpo) on
-+recipe=embedded_verbose with each seed, one run at a time (about 3.5 minutes each on 2 CPU
++recipe=embedded_verbose with each seed, one run at a time (about 2 minutes each on 2 CPU
 cores), then writes to DIR:
 
   runs/ARM/seed_S/   each run's folder

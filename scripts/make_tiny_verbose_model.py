@@ -7,7 +7,7 @@ sentence that change nothing. Batches are random mixes of lengths (not bucketed)
 per-token loss weighs each kind of answer's first token alike and the model keeps the mix.
 The model behind +recipe=embedded_verbose, where GRPO lengthens answers.
 
-    python scripts/make_tiny_verbose_model.py      # full build, about five minutes on 2 cores
+    python scripts/make_tiny_verbose_model.py      # full build, about eight minutes on 2 cores
 
 It writes every problem there is: 731 train and 79 held-out rows.
 """

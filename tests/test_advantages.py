@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §8.1 and §8.9 vectors, and loop-vs-vectorised equivalence of the estimators."""
+"""docs/algorithms.md §11.1 and §11.2 vectors, and loop-vs-vectorised equivalence of the estimators."""
 
 import math
 import random
@@ -101,7 +101,7 @@ def test_vectorised_equals_loop(name, ddof):
 
 
 def _reinforce_pp_loop(rewards, groups, lengths, penalty, baseline):
-    """Token rewards, returns by a backwards loop, whitening by plain sums (§7.2)."""
+    """Token rewards, returns by a backwards loop, whitening by plain sums (docs/algorithms.md §7.2)."""
     returns = []
     for i, (r, n) in enumerate(zip(rewards, lengths)):
         outcome = r

@@ -1,4 +1,4 @@
-"""Several rewards into one advantage (docs/algorithms.md, "Several rewards"): the hand-derived
+"""Several rewards into one advantage (docs/algorithms.md §10): the hand-derived
 vectors, a plain loop against the vectorised code, contributions that add up, and gates."""
 
 import math
@@ -133,7 +133,7 @@ def test_sum_with_reward_terms_is_the_single_reward_path(name):
 
 
 def test_mean_only_rules_change_only_by_the_batch_scale():
-    """Dr. GRPO's rule is linear in the reward: decoupled = summed / batch std (docs/algorithms.md)."""
+    """Dr. GRPO's rule is linear in the reward: decoupled = summed / batch std (docs/algorithms.md §10.1)."""
     terms = {"a": [1.0, 0.0, 1.0, 0.0], "b": [1.0, 0.0, 0.0, 0.0]}
     summed = torch.tensor(advantage("dr_grpo", inputs(terms, [0, 0, 1, 1])))
     decoupled = torch.tensor(advantage("dr_grpo", inputs(terms, [0, 0, 1, 1]), reward_aggregation="decoupled"))

@@ -1,5 +1,6 @@
-"""Group filters: GFPO subsets and advantages (ALGORITHMS.md §8.7), adaptive k (§5.2), DAPO's
-dynamic sampling (§3.2), and the batch plumbing that removes and concatenates rows."""
+"""Group filters: GFPO subsets and advantages (docs/algorithms.md §11.9), adaptive k and DAPO's
+dynamic sampling (docs/algorithms.md §6.2, §4.2 and §11.10), and the batch plumbing that
+removes and concatenates rows."""
 
 import math
 

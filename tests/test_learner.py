@@ -84,7 +84,7 @@ OUTCOME_ALGORITHMS = [name for name in options("algorithm") if name != "grpo_pro
 @pytest.mark.parametrize("algorithm", OUTCOME_ALGORITHMS)
 def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, rollouts, algorithm):
     """Every group rewarded 0.7 (fp32, where a naive (r - mean) / (std + eps) gives a spurious
-    0.119, §8.9): advantages exactly 0, a finite loss, and with β = 0 the weights do not move.
+    0.119, docs/algorithms.md §11.2): advantages exactly 0, a finite loss, and with β = 0 the weights do not move.
     With β > 0 the gradient is the KL term's alone."""
     cfg = make_cfg(f"algorithm={algorithm}", "algorithm.kl_coef=0.0", "algorithm.epochs=2")
     learner = rl_learner(cfg)

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §8.3, §8.4 and §8.5 vectors; where the clip removes the gradient."""
+"""docs/algorithms.md §11.3, §11.4, §11.5 and §11.6 vectors; where the clip removes the gradient."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DPO / IPO and the group-robust weighting against ALGORITHMS.md §6 and the §8.8 vectors."""
+"""DPO / IPO and the group-robust weighting against docs/algorithms.md §9, §11.11 and §11.12."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from grpo_cli.algorithms.preference import (GroupState, PairLogprobs, dpo_loss, group_losses, group_robust_weights, ipo_loss,
                                  mean_weights, preference_accuracy, preference_loss, updated_alpha)
 
-SIZES = [300, 100]  # §8.8: K = 2, N_1 = 300, N_2 = 100
+SIZES = [300, 100]  # docs/algorithms.md §11.11: K = 2, N_1 = 300, N_2 = 100
 
 
 def test_alpha_update_and_policy_step_weight_of_8_8():
@@ -17,7 +17,7 @@ def test_alpha_update_and_policy_step_weight_of_8_8():
 
 
 def test_weights_times_losses_is_the_weighted_group_loss():
-    """Σ_i w_i l_i = Σ_g α_g G_g (§6.4) with the updated α."""
+    """Σ_i w_i l_i = Σ_g α_g G_g (docs/algorithms.md §9.4) with the updated α."""
     state = GroupState.uniform([50, 30, 20])
     per_pair = torch.tensor([0.5, 0.9, 0.2, 1.3], dtype=torch.float64)
     groups = torch.tensor([0, 0, 1, 2])
@@ -26,7 +26,8 @@ def test_weights_times_losses_is_the_weighted_group_loss():
 
 
 def test_the_wrong_sign_moves_alpha_the_wrong_way():
-    """§8.8: with l = log σ(βh) = −0.6209570 (the DPO vector's pair), α goes to (0.5062, 0.4938)."""
+    """docs/algorithms.md §11.11: with l = log σ(βh) = −0.6209570 (the DPO vector's pair), α goes
+    to (0.5062, 0.4938)."""
     wrong = torch.tensor([-0.6209570], dtype=torch.float64)
     alpha = updated_alpha(torch.tensor([0.5, 0.5]), group_losses(wrong, torch.tensor([1]), torch.tensor(SIZES)), 0.01)
     assert alpha.tolist() == pytest.approx([0.5062, 0.4938], abs=1e-4)
@@ -60,7 +61,7 @@ def test_alpha_stays_on_the_simplex_for_any_losses(scale):
 
 
 def test_a_group_absent_from_the_batch_has_zero_loss_and_loses_weight():
-    """§6.4: G_g = 0 for a group with no pair in the batch; with positive losses elsewhere its
+    """docs/algorithms.md §9.4: G_g = 0 for a group with no pair in the batch; with positive losses elsewhere its
     weight shrinks after renormalisation."""
     state = GroupState.uniform([50, 30, 20])
     per_pair = torch.tensor([0.5, 0.9, 0.2], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Process supervision (ALGORITHMS.md §1.3): the §8.6 vectors, a plain loop against the
+"""Process supervision (docs/algorithms.md §2.3): the docs/algorithms.md §11.8 vectors, a plain loop against the
 vectorised advantage, step segmentation on the real tiny tokenizer, the rule-based step
 checker, and a Hugging Face process reward model loaded from a local folder."""
 
@@ -45,7 +45,7 @@ def test_zero_variance_step_rewards_give_exactly_zero():
 
 
 def loop_reference(ends, rewards, lengths, groups, outcome, ddof, eps):
-    """§1.3 written out: pool, z-score, sum over steps ending at or after each token."""
+    """docs/algorithms.md §2.3 written out: pool, z-score, sum over steps ending at or after each token."""
     out = [[0.0] * max(lengths) for _ in lengths]
     for group in set(groups):
         members = [i for i, g in enumerate(groups) if g == group and not math.isnan(outcome[i])]

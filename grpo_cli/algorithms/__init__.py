@@ -1,5 +1,5 @@
-"""The stage dictionaries of DESIGN.md: pure tensor functions picked by config name, and the
-dictionaries of the modes they read; each dictionary holds its option's valid values."""
+"""The stage dictionaries (docs/design.md §3): pure tensor functions picked by config name, and
+the dictionaries of the modes they read; each dictionary holds its option's valid values."""
 
 from grpo_cli.algorithms.advantages import ADVANTAGES
 from grpo_cli.algorithms.aggregation import GROUP_RULES, REWARD_AGGREGATIONS

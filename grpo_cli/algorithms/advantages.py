@@ -1,12 +1,12 @@
 """Advantage estimators: reward per completion -> advantage per token.
 
-Implements GRPO's group z-score (DeepSeekMath, arXiv 2402.03300, §1.2 of ALGORITHMS.md),
+Implements GRPO's group z-score (DeepSeekMath, arXiv 2402.03300; docs/algorithms.md §2.2),
 Dr. GRPO's mean-only advantage (arXiv 2503.20783), RLOO's leave-one-out baseline
-(arXiv 2402.14740) and REINFORCE++ with and without the group baseline (arXiv 2501.03262,
-§7.2). When the KL goes into the reward, sequence-level estimators subtract its sum from R_i
+(arXiv 2402.14740) and REINFORCE++ with and without the group baseline (arXiv 2501.03262;
+docs/algorithms.md §7.2). When the KL goes into the reward, sequence-level estimators subtract its sum from R_i
 and REINFORCE++ spreads it over the token returns. Where we differ from the papers:
 - the std convention is a flag (`std_ddof`, default 1 as in TRL, verl, oat and OpenRLHF);
-- groups whose rewards have no spread get exactly 0 (explicit guard, ALGORITHMS.md §0.6),
+- groups whose rewards have no spread get exactly 0 (explicit guard, docs/algorithms.md §1.6),
   rather than relying on `std + eps`;
 - rewards that are NaN (a reward function had no opinion or failed) and completions a group
   filter did not select are left out of the group statistics and get advantage 0, as TRL does.

@@ -1,10 +1,10 @@
 """Group filters: which completions take part in the advantage, and which stay in the batch.
 
 GRPO (arXiv 2402.03300) uses every completion. DAPO's dynamic sampling (arXiv 2503.14476,
-§3.2 of ALGORITHMS.md) drops every group whose correctness has no spread; the loop then
-samples fresh prompts until the batch is full. GFPO (Microsoft, arXiv 2508.09726, §5.1) keeps
+docs/algorithms.md §4.2) drops every group whose correctness has no spread; the loop then
+samples fresh prompts until the batch is full. GFPO (Microsoft, arXiv 2508.09726; docs/algorithms.md §6.1) keeps
 the k best of each group by a metric (shortest, or highest reward per token) and computes the
-advantage within that subset; adaptive GFPO (§5.2) picks k per prompt from the quartiles of
+advantage within that subset; adaptive GFPO (docs/algorithms.md §6.2) picks k per prompt from the quartiles of
 recent prompt difficulties.
 
 Where we differ:
@@ -130,7 +130,7 @@ def top_k_per_group(values: torch.Tensor, group_ids: torch.Tensor, k: int | torc
 
 
 def _subset(rollouts: Rollouts, scores: Scores, cfg: AlgorithmConfig, ctx: FilterContext, k: int | torch.Tensor) -> Selection:
-    """Keep k per group by cfg.gfpo.metric; log the kept and rejected lengths (§5.4)."""
+    """Keep k per group by cfg.gfpo.metric; log the kept and rejected lengths (docs/algorithms.md §6.4)."""
     selected = top_k_per_group(GFPO_METRICS[cfg.gfpo.metric](rollouts, scores), rollouts.group_ids, k, ctx.generator)
     kept = GFPO_REJECTED[cfg.gfpo.rejected](selected)
     lengths = rollouts.completion_lengths.float()

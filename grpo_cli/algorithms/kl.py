@@ -1,4 +1,4 @@
-"""KL estimators against the frozen reference (Schulman's k1 / k2 / k3, ALGORITHMS.md §0.5).
+"""KL estimators against the frozen reference (Schulman's k1 / k2 / k3, docs/algorithms.md §1.5).
 
 GRPO (arXiv 2402.03300) uses k3 in the loss. k3 is computed from the log difference, never
 from probabilities, with verl's clamps: (ℓ_ref - ℓ) to [-20, 20] before exp, result ≤ 10.

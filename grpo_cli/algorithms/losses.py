@@ -3,7 +3,7 @@
 The per-token clipped surrogate is PPO's as used by GRPO (DeepSeekMath, arXiv 2402.03300) and
 DAPO's clip-higher (arXiv 2503.14476); dual clip follows verl. GRPO's KL is k3 added to the
 loss (not the reward), aggregated the same way as the policy term. Aggregation modes follow
-ALGORITHMS.md §0.4 exactly, with one decision made explicit: sequences with no loss-bearing
+docs/algorithms.md §1.4 exactly, with one decision made explicit: sequences with no loss-bearing
 token are left out of the sequence count B (verl's choice; TRL keeps them).
 
 Each stage is a plain dict from config name to a pure function; one signature per dict.
@@ -119,7 +119,7 @@ POLICY_LOSSES = {
 
 # ---- mismatch correction: (LossInputs, cfg) -> detached weight [b, C] ---------------------
 # The sampler's log-probs can differ from the learner's (another engine, kernels, precision);
-# the weight corrects for the samples having come from the sampler (ALGORITHMS.md §7.4).
+# the weight corrects for the samples having come from the sampler (docs/algorithms.md §8.1).
 # Masked tokens still count in the token-mean normaliser (TRL).
 
 def no_correction(inp: LossInputs, cfg: AlgorithmConfig) -> torch.Tensor:
@@ -202,7 +202,7 @@ def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: BatchNorm) -> Loss
         "clip/low_fraction": (terms.clipped_low.float() * mask).sum() / tokens,
         "clip/high_fraction": (terms.clipped_high.float() * mask).sum() / tokens,
         "clip/fraction": (clipped.float() * mask).sum() / tokens,
-        # GSPO clips whole sequences; token and sequence fractions differ (ALGORITHMS.md §9.11).
+        # GSPO clips whole sequences; token and sequence fractions differ (docs/algorithms.md §12.6).
         "clip/sequence_fraction": (((clipped.float() * mask).sum(-1) > 0).float()).sum() / sequences,
         "ratio/mean": (terms.ratio * mask).sum() / tokens,
     }

@@ -3,7 +3,7 @@
 Under the decoupled objective of asynchronous PPO (AReaL, arXiv 2505.24298) three policies meet:
 π_θ (being trained), π_old (the learner's recomputation at its weights before the update: the
 clip's anchor) and π_sampler (the weights, possibly s versions older, on the engine that drew
-the tokens). The importance weight w = π_old / π_sampler (ALGORITHMS.md §7.4) then carries the
+the tokens). The importance weight w = π_old / π_sampler (docs/algorithms.md §8.1) then carries the
 staleness as well as the engine mismatch; algorithm.correction truncates or masks it. These
 metrics say how far the update is off-policy, per version lag: the weight's mean and largest
 value, the share of tokens whose weight the correction changed, and the clip fractions.

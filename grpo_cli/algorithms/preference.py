@@ -1,12 +1,12 @@
 """Offline preference losses: DPO (Rafailov et al. 2023, arXiv 2305.18290), IPO (Azar et al.
 2023, arXiv 2310.12036), and their group-robust forms GR-DPO / GR-IPO (Ramesh et al. 2024,
-arXiv 2405.20304; ALGORITHMS.md §6). Not DeepSeek's GRPO: there is no sampler and no reward.
+arXiv 2405.20304; docs/algorithms.md §9). Not DeepSeek's GRPO: there is no sampler and no reward.
 
 A pair's margin is h = [ℓ(y_w) − ℓ_ref(y_w)] − [ℓ(y_l) − ℓ_ref(y_l)], with ℓ the sequence
-log-prob summed over response tokens. DPO's loss is the positive −log σ(βh) (§6.6: the
+log-prob summed over response tokens. DPO's loss is the positive −log σ(βh) (docs/algorithms.md §9.6: the
 paper's Algorithm section writes it without the minus, which would up-weight the best group).
 
-The group-robust step is the authors' mini-batch form (§6.4): group losses
+The group-robust step is the authors' mini-batch form (docs/algorithms.md §9.4): group losses
 G_g = N · Σ_{i∈B, g_i=g} l_i / N_g, weights α ← normalise(α ⊙ exp(η_α · G)), policy loss
 Σ_g α_g G_g with the updated α (detached), written as per-pair weights α_g N / N_g so that a
 mini-batch can be split into micro-batches. Where we differ: the exponentiated-gradient step is
@@ -94,7 +94,7 @@ def mean_weights(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState
 
 
 def group_robust_weights(per_pair: torch.Tensor, groups: torch.Tensor, state: GroupState, eta: float):
-    """α updated first from this batch's G (§6.4), then pair i weighs α_g N / N_g for its group
+    """α updated first from this batch's G (docs/algorithms.md §9.4), then pair i weighs α_g N / N_g for its group
     g, so Σ_i w_i l_i = Σ_g α_g G_g and the gradient flows through G only."""
     alpha = updated_alpha(state.alpha, group_losses(per_pair, groups, state.sizes), eta)
     per_group = (alpha * state.sizes.sum() / state.sizes).to(per_pair)

@@ -1,4 +1,4 @@
-"""Process-supervised GRPO: DeepSeekMath (arXiv 2402.03300) §4.1.3, §1.3 of ALGORITHMS.md.
+"""Process-supervised GRPO: DeepSeekMath (arXiv 2402.03300) §4.1.3; docs/algorithms.md §2.3.
 
 A process reward scores every reasoning step of a completion. All step rewards of a group are
 pooled and z-scored together; the advantage of a token is the sum of the normalised rewards of

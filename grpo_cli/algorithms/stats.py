@@ -1,4 +1,4 @@
-"""Group statistics: the mean, std and spread of each prompt's rewards (ALGORITHMS.md §0.6).
+"""Group statistics: the mean, std and spread of each prompt's rewards (docs/algorithms.md §1.6).
 
 Shared by the advantage estimators, the group filters and the step metrics. Computed in
 float64 with two passes; values outside `valid` (or NaN) take no part.
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Relative spread under which a group counts as having no variance (ALGORITHMS.md §0.6).
+# Relative spread under which a group counts as having no variance (docs/algorithms.md §1.6).
 ZERO_SPREAD = 1e-6
 
 

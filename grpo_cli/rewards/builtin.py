@@ -7,7 +7,7 @@ reference column, as DAPO's recipe does for math (arXiv 2503.14476: +1 / -1 with
 `overlong` is DAPO's soft length penalty, added to the correctness reward. `format` checks a
 tag pattern (open-r1's think / answer layout by default). `language` is the share of a completion's letters
 written in the target language's script, DeepSeek-R1's language-consistency reward (arXiv
-2501.12948 §2.3.3); R1 counts words, and a script cannot tell English from French.
+2501.12948 §2.3.2); R1 counts words, and a script cannot tell English from French.
 
 Every entry of REWARDS is a factory: called with the config's `kwargs`, it returns a reward
 function `(prompts, completions, **columns) -> list[float | None]`, where `columns` holds every
@@ -71,7 +71,7 @@ def final_answer(correct: float = 1.0, incorrect: float = 0.0, answer_key: str =
 
 
 def overlong_penalty(length: int, max_length: int, cache_length: int, factor: float = 1.0) -> float:
-    """DAPO's soft overlong punishment (§3.3): 0 up to L_max - L_cache, then linear down to -1 at
+    """DAPO's soft overlong punishment (docs/algorithms.md §4.3): 0 up to L_max - L_cache, then linear down to -1 at
     L_max, and -1 beyond it (the paper's clamp; verl omits it because generation stops there)."""
     threshold = max_length - cache_length
     if length <= threshold:

@@ -1,8 +1,9 @@
-"""Process rewards: one score per reasoning step, for process-supervised GRPO (§1.3).
+"""Process rewards: one score per reasoning step, for process-supervised GRPO.
 
-Steps are found on the sampled token ids, never by re-tokenising the text (ALGORITHMS.md
-§1.3): each token is decoded on its own, a separator occurrence ends a step at the token that
-holds its last character, and the last step always ends at the last valid token.
+Steps are found on the sampled token ids, never by re-tokenising the text
+(docs/algorithms.md §2.3): each token is decoded on its own, a separator occurrence ends a
+step at the token that holds its last character, and the last step always ends at the last
+valid token.
 
 A process reward is `(prompts, steps, **columns) -> list[list[float | None]]`, one value per
 step. Built in: `arithmetic_steps`, a rule-based checker for the embedded task, and `hf_prm`,

@@ -2,7 +2,7 @@
 
 We run our own decoding loop rather than `model.generate` so that the log-prob of every drawn
 token is recorded exactly as the learner will recompute it (fp32 log_softmax of logits / T over
-the full vocabulary, ALGORITHMS.md §0.2), the random stream is ours to seed (a resumed run draws
+the full vocabulary, docs/algorithms.md §1.2), the random stream is ours to seed (a resumed run draws
 the same completions), and positions follow the attention mask of left-padded prompts the same
 way in sampling and in training. Every completion draws from its own generator, seeded by its
 prompt's seed and its sample index, so what a prompt gets does not depend on which other
