@@ -136,6 +136,22 @@ def test_reinforce_pp_equals_loop_with_kl_in_the_reward(name, baseline):
         assert all(x == 0.0 for x in row[n:])
 
 
+@pytest.mark.parametrize("name", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_reinforce_pp_puts_the_outcome_on_the_last_model_token_of_an_episode(name):
+    """Environment tokens (mask 0) between the model's turns change nothing: the advantages on
+    the model's tokens are those of the same tokens side by side."""
+    gapped = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+                           [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]])
+    compact = torch.tensor([[1.0] * int(n) + [0.0] * (6 - int(n)) for n in gapped.sum(-1)])
+    rewards, groups = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    got = ADVANTAGES[name](AdvantageInputs(rewards, groups, gapped), AlgorithmConfig())
+    want = ADVANTAGES[name](AdvantageInputs(rewards, groups, compact), AlgorithmConfig())
+    for row in range(4):
+        assert got[row][gapped[row] > 0].tolist() == pytest.approx(want[row][compact[row] > 0].tolist(), abs=1e-6)
+        assert (got[row][gapped[row] == 0] == 0).all()
+    assert got.abs().sum() > 0
+
+
 def test_kl_in_the_reward_lowers_sequence_rewards():
     mask = torch.ones(2, 3)
     penalty = torch.tensor([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0]])

@@ -56,7 +56,9 @@ def _whitened_returns(outcome: torch.Tensor, inp: AdvantageInputs, cfg: Algorith
     mask = inp.loss_mask.to(torch.float64)
     valid = inp.valid
     mask = mask * valid[:, None]
-    last = (mask.sum(-1).long() - 1).clamp(min=0)  # loss-bearing tokens are a prefix of each row
+    # The last loss-bearing token: in a multi-turn episode the environment's tokens leave gaps.
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    last = torch.where(mask > 0, positions, -1).max(-1).values.clamp(min=0)
     token_rewards = torch.zeros_like(mask)
     token_rewards[torch.arange(mask.shape[0]), last] = torch.where(valid, outcome, 0.0)
     if inp.kl_penalty is not None:
