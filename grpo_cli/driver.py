@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from importlib import import_module
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from grpo_cli import checkpoint, distributed, offline, rl
+from grpo_cli import checkpoint, distributed
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.errors import RunStopped, UserError
@@ -22,8 +23,8 @@ from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
 from grpo_cli.metrics import METRICS_FILE, MetricsFile, ProgressBar, StepResult, console
 from grpo_cli.overrides import read_overrides, resume_command
-from grpo_cli.runtime import preflight
-from grpo_cli.rundir import RunLock, check_run_dir, prepare_run_dir
+from grpo_cli.objectives import OBJECTIVES, plan_start, saved_by
+from grpo_cli.rundir import RunLock, prepare_run_dir
 from grpo_cli.samples import samples_table, write_samples
 from grpo_cli.schedule import is_due
 from grpo_cli.shutdown import StopRequest
@@ -61,35 +62,9 @@ class Job(Protocol):
         """Stop what runs beside the learner (reward workers, the sampler's engine)."""
 
 
-@dataclass(frozen=True)
-class Objective:
-    """preflight: what fails in a second, before a folder is made or a model loads.
-    build: (cfg, policy path, ranks) -> the job.
-    kl_term: algorithm.kl_coef adds a KL term (with a reference model) to the objective.
-    held_out: what its held-out data holds for `grpo eval`: prompts or pairs."""
-
-    preflight: Callable[[GrpoConfig], None]
-    build: Callable[[GrpoConfig, str, Ranks], Job]
-    kl_term: bool
-    held_out: str
-
-
-# algorithm.objective
-OBJECTIVES = {
-    "rl": Objective(preflight=preflight, build=rl.build, kl_term=True, held_out="prompts"),
-    # The reference enters through the margin h, with its strength in algorithm.preference.beta.
-    "preference": Objective(preflight=offline.preflight, build=offline.build, kl_term=False, held_out="pairs"),
-}
-
-
 def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
     """Resume or start, evaluate the base, step, checkpoint, evaluate; the run's summary."""
-    objective = OBJECTIVES[cfg.algorithm.objective]
-    objective.preflight(cfg)
-    resume_from = checkpoint.find_resume_point(cfg.output_dir, cfg.resume)
-    if resume_from is not None:
-        checkpoint.verify(resume_from, "resume", resuming_as=saved_by(cfg))
-    check_run_dir(cfg, config_yaml, resume_from)
+    resume_from = plan_start(cfg, config_yaml)
     done = checkpoint.step_of(resume_from) if resume_from is not None else None
     if done is not None and done >= cfg.trainer.steps:
         # Before anything is loaded or written: the run's files stay exactly as they are.
@@ -99,7 +74,8 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
     console.quiet = not ranks.main  # one rank speaks; the others would repeat it
     try:
         with RunLock(Path(cfg.output_dir)) if ranks.main else contextlib.nullcontext():
-            job = objective.build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
+            build = import_module(OBJECTIVES[cfg.algorithm.objective].job_module).build
+            job = build(cfg, str(resume_from) if resume_from else cfg.model.name_or_path, ranks)
             try:
                 # Written only once the model, data and rewards have loaded: a run that fails
                 # to start leaves no folder behind to be refused next time.
@@ -110,11 +86,6 @@ def train(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> dict:
                 job.close()
     finally:
         distributed.close(ranks)
-
-
-def saved_by(cfg: GrpoConfig) -> dict:
-    """What a checkpoint records about the run that saved it; a resume must match it."""
-    return {"objective": cfg.algorithm.objective, "algorithm": cfg.algorithm.name, "lora": cfg.model.lora.rank > 0}
 
 
 def run_steps(job: Job, run_dir: Path, resume_from: Path | None) -> dict:

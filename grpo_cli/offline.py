@@ -12,7 +12,6 @@ its task). α is trainer state: logged every step, checkpointed and restored. On
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -93,12 +92,6 @@ class PreferenceRun:
 
     def close(self) -> None:
         """Nothing runs beside the learner."""
-
-
-def preflight(cfg: GrpoConfig) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(f"algorithm={cfg.algorithm.name} trains in one process; start it without torchrun")
-    pick_device(cfg.device)
 
 
 def pair_batch(pairs: PairSet, index: list[int], pad_id: int) -> Sequences:

@@ -154,8 +154,3 @@ def load_eval_prompts(cfg: GrpoConfig, tokenizer) -> PromptSet | None:
     if cfg.data.eval_path is None:
         return None
     return load_and_report(cfg.data.eval_path, cfg.data.eval_split, cfg, tokenizer, limit=cfg.eval.num_prompts)
-
-
-def preflight(cfg: GrpoConfig) -> None:
-    """What can fail in a second must fail before a folder is made or a model loads."""
-    engine(cfg.sampler.name).check_available(pick_device(cfg.device))

@@ -15,12 +15,12 @@ import re
 from grpo_cli import algorithms as alg
 from grpo_cli.config import AlgorithmConfig, DataConfig, GrpoConfig, RewardConfig
 from grpo_cli.data import template_problem
-from grpo_cli.driver import OBJECTIVES
 from grpo_cli.environments import ENVIRONMENTS, environment_class
 from grpo_cli.environments.tools import tool_schemas
 from grpo_cli.errors import ConfigError
 from grpo_cli.learner import SCHEDULES
 from grpo_cli.loggers import LOGGERS, check_ready
+from grpo_cli.objectives import OBJECTIVES
 from grpo_cli.rewards.catalog import (
     IN_PROCESS,
     REWARDS,

@@ -17,12 +17,12 @@ import torch
 from grpo_cli.checkpoint import is_checkpoint, verify
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, PromptSet, load_pairs, lookup, with_reference
-from grpo_cli.driver import OBJECTIVES
 from grpo_cli.environments import episode_spec
 from grpo_cli.errors import UserError
 from grpo_cli.evaluate import evaluate, sample_and_score
 from grpo_cli.learner import Learner
 from grpo_cli.metrics import console, headline, results_table
+from grpo_cli.objectives import OBJECTIVES, sampler_preflight
 from grpo_cli.offline import group_figures, sums_of
 from grpo_cli.rewards.scoring import RewardSet
 from grpo_cli.rundir import require_writable_file
@@ -32,7 +32,6 @@ from grpo_cli.runtime import (
     load_tokenizer,
     make_sampler,
     pick_device,
-    preflight,
     sampling_params,
 )
 from grpo_cli.schedule import derived_seed
@@ -52,7 +51,7 @@ def weights_to_evaluate(cfg: GrpoConfig) -> str:
 
 def evaluate_prompts(cfg: GrpoConfig, weights: str) -> dict:
     """Accuracy and pass@k of `weights` on the held-out prompts."""
-    preflight(cfg)
+    sampler_preflight(cfg)
     tokenizer = load_tokenizer(weights, cfg.model.trust_remote_code)
     prompts = load_eval_prompts(cfg, tokenizer)
     sampler = make_sampler(cfg, weights, tokenizer, pick_device(cfg.device))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from grpo_cli.checkpoint import find_resume_point, verify
 from grpo_cli.config import GrpoConfig
-from grpo_cli.driver import OBJECTIVES, saved_by
 from grpo_cli.environments import episode_spec, probe
 from grpo_cli.metrics import console
+from grpo_cli.objectives import plan_start
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
-from grpo_cli.rundir import check_run_dir
 from grpo_cli.runtime import (
     check_model,
     load_and_report,
@@ -21,11 +19,7 @@ def dry_run(cfg: GrpoConfig, config_yaml: str) -> list[str]:
     """Without a folder or a model's weights: the sampler and device, the run folder, the resume
     point, the model, both data splits and the rewards (started, and called once on two
     prompts with an empty completion)."""
-    OBJECTIVES[cfg.algorithm.objective].preflight(cfg)
-    resume_from = find_resume_point(cfg.output_dir, cfg.resume)
-    if resume_from is not None:
-        verify(resume_from, "resume", resuming_as=saved_by(cfg))
-    check_run_dir(cfg, config_yaml, resume_from)
+    resume_from = plan_start(cfg, config_yaml)
     model_path = str(resume_from) if resume_from else cfg.model.name_or_path
     lines = [f"model {model_path}: {check_model(model_path, cfg.model.trust_remote_code)}"]
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
