@@ -24,11 +24,12 @@ from grpo_cli.errors import UserError, one_line
 STATE_FILE = "trainer_state.pt"
 TOKENIZER_FILE = "tokenizer_config.json"
 ADAPTER_DIR = "adapter"  # lora.py saves the adapters there
+CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints: <run>/checkpoints/step_<N>
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -29,7 +29,7 @@ import yaml
 
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console
-from grpo_cli.rundir import flat_config
+from grpo_cli.rundir import CONFIG_FILE, flat_config
 
 STATE_FILE = "loggers.json"
 SAMPLE_COLUMNS = ("prompt", "completion", "reward", "advantage", "length", "truncated", "correct")
@@ -163,7 +163,7 @@ class Loggers:
         check_ready(names)
         self.path = run_dir / STATE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() and resumed_at is not None else {}
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
         try:
             for name in names:
                 self.loggers[name] = LOGGERS[name](run_dir, config, self.state.setdefault(name, {}), resumed_at)

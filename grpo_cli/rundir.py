@@ -40,6 +40,8 @@ LEADING = (".name", ".name_or_path", ".path", ".objective")
 SHOWN_CHANGES = 5  # a resume into another run's checkpoint can differ in dozens of keys
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"  # the composed config, written once when the run starts
+SUMMARY_FILE = "summary.json"  # grpo train's summary, written when the run ends
 
 
 def flat_config(node, prefix: str = "") -> dict:
@@ -86,15 +88,15 @@ def check_run_dir(cfg: GrpoConfig, config_yaml: str, resume_from: Path | None = 
     run_dir = Path(cfg.output_dir)
     require_writable_folder(run_dir, "output_dir")
     outer = next((parent for parent in run_dir.resolve().parents
-                  if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir()), None)
+                  if (parent / CONFIG_FILE).is_file() and checkpoint.checkpoint_root(parent).is_dir()), None)
     if outer is not None:
         raise UserError(f"output_dir={run_dir} lies inside the run folder {outer}, whose checkpoint pruning "
                         f"could delete it; pick an output_dir outside it")
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     if saved.exists() and cfg.resume is None and not cfg.overwrite and saved.read_text() != config_yaml:
         raise UserError(f"{run_dir} holds another run's config; pass resume=auto to continue it, "
                         f"overwrite=true to reuse the folder, or a new output_dir")
-    started = (checkpoint.run_folder_of(resume_from) / "config.yaml") if resume_from else None
+    started = (checkpoint.run_folder_of(resume_from) / CONFIG_FILE) if resume_from else None
     if started is not None and started.is_file():
         changed = changed_keys(started.read_text(), config_yaml)
         if changed:
@@ -109,7 +111,7 @@ def prepare_run_dir(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> 
     """Write the run folder's config.yaml and overrides.yaml, once: a resumed run keeps the
     ones it started with (grpo eval reads them for every checkpoint)."""
     run_dir = Path(cfg.output_dir)
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume is not None and saved.is_file():
         return run_dir
@@ -137,22 +139,22 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
-                holder = _read_holder(fd)
+                holder = read_holder(fd)
                 os.close(fd)
                 self._remove_made()
                 if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise UserError(f"cannot lock {self.path}: {error.strerror}; give an output_dir on a "
                                     f"local file system") from error
-                raise UserError(f"output_dir={self.run_dir} is in use by another grpo train ({_describe(holder)}); "
+                raise UserError(f"output_dir={self.run_dir} is in use by another grpo train ({describe_holder(holder)}); "
                                 f"wait for it, stop it, or give another output_dir") from error
             if _same_file(fd, self.path):  # not unlinked by a holder that just released it
                 self.fd = fd
             else:
                 os.close(fd)
-        previous = _read_holder(self.fd)
+        previous = read_holder(self.fd)
         if previous:
             console.print(f"note: taking over {self.run_dir} from a run that ended without releasing it "
-                          f"({_describe(previous)})")
+                          f"({describe_holder(previous)})")
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(holder).encode(), 0)
@@ -173,14 +175,20 @@ class RunLock:
                 return
 
 
-def _read_holder(fd: int) -> dict:
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (Path(run_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_holder(fd: int) -> dict:
+    """What the lock file at `fd` says of its holder: pid, host, since (empty if unreadable)."""
     try:
         return json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
         return {}
 
 
-def _describe(holder: dict) -> str:
+def describe_holder(holder: dict) -> str:
+    """The holder as RunLock names it when it refuses a second run: pid, host, since."""
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
 
 

@@ -26,14 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from grpo_cli.checkpoint import list_checkpoints
+from grpo_cli.checkpoint import CHECKPOINTS_DIR, list_checkpoints
 from grpo_cli.errors import one_line
 from grpo_cli.metrics import METRICS_FILE, parse_records
 from grpo_cli.overrides import read_overrides, resume_command
-from grpo_cli.rundir import LOCK_FILE, _describe, _read_holder
+from grpo_cli.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, read_holder
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 # The held-out accuracy each objective logs: the RL objective's mean@k (evaluate.EvalResult),
 # the preference objective's preference accuracy averaged over groups (offline.PairEvaluation).
 ACCURACY_KEYS = {"rl": "eval/accuracy", "preference": "eval/mean_group_accuracy"}
@@ -85,7 +83,7 @@ def find_runs(root: Path) -> list[Path]:
         if is_run:
             found.append(Path(folder))
         subfolders[:] = [name for name in subfolders
-                         if not name.startswith(".") and not (is_run and name == "checkpoints")]
+                         if not name.startswith(".") and not (is_run and name == CHECKPOINTS_DIR)]
     return sorted(found, key=lambda path: path.parts)
 
 
@@ -214,7 +212,7 @@ def lock_holder(run_dir: Path, problems: list[str] | None = None) -> dict | None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as error:
         if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            holder = _read_holder(fd)
+            holder = read_holder(fd)
             return holder if isinstance(holder, dict) else {}
         if problems is not None:
             problems.append(f"{LOCK_FILE} cannot be probed: {error.strerror}")
@@ -224,8 +222,3 @@ def lock_holder(run_dir: Path, problems: list[str] | None = None) -> dict | None
         return None
     finally:
         os.close(fd)
-
-
-def describe_holder(holder: dict) -> str:
-    """As RunLock names the holder when it refuses a second run: pid, host, since."""
-    return _describe(holder)

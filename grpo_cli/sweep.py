@@ -24,6 +24,7 @@ from hydra.errors import HydraException
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console, results_table
 from grpo_cli.plot import plot_runs
+from grpo_cli.rundir import SUMMARY_FILE
 
 
 @dataclass
@@ -63,7 +64,7 @@ def run_member(member: Member, fixed: list[str]) -> None:
 
 
 def figures(member: Member) -> dict:
-    summary_path = member.folder / "summary.json"
+    summary_path = member.folder / SUMMARY_FILE
     if member.exit_code != 0 or not summary_path.is_file():
         return {"status": f"failed ({member.exit_code})", "minutes": round(member.seconds / 60, 2)}
     final = json.loads(summary_path.read_text()).get("final") or {}

@@ -14,8 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from grpo_cli.checkpoint import CHECKPOINTS_DIR
 from grpo_cli.errors import UserError
-from grpo_cli.runs import ACCURACY_KEYS, RunInfo, describe_holder, list_runs
+from grpo_cli.rundir import describe_holder
+from grpo_cli.runs import ACCURACY_KEYS, RunInfo, list_runs
 
 USAGE = "usage: grpo runs [DIR]   (DIR: a folder of run folders, searched through; default runs)"
 DEFAULT_ROOT = "runs"
@@ -85,7 +87,7 @@ def model_cell(model: str | None) -> str:
     path = Path(model or "?")
     if not path.is_absolute() or len(path.parts) <= 4:
         return model or "?"
-    return "…/" + "/".join(path.parts[-4 if path.parent.name == "checkpoints" else -2:])
+    return "…/" + "/".join(path.parts[-4 if path.parent.name == CHECKPOINTS_DIR else -2:])
 
 
 def steps_cell(run: RunInfo) -> str:
