@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from grpo_cli import checkpoint, distributed, lora
 from grpo_cli.algorithms import KL_PLACEMENTS, compute_loss
@@ -27,7 +26,8 @@ from grpo_cli.algorithms.offpolicy import IS_WEIGHT_MAX, lag_tokens, offpolicy_m
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.logprobs import sequence_logprobs
-from grpo_cli.types import BatchLogprobs, BatchNorm, LossInputs, Sequences, TrainBatch
+from grpo_cli.model_source import load_causal_lm
+from grpo_cli.types import BatchLogprobs, LossNormalisers, LossInputs, Sequences, TrainBatch
 
 # The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (docs/algorithms.md §8.1).
 MAX_GAP = "mismatch/max_abs_logprob_gap"
@@ -134,8 +134,7 @@ class Learner:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.mixed else contextlib.nullcontext()
 
     def _load(self, path: str, dtype: torch.dtype):
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=self.cfg.model.trust_remote_code).to(self.device)
+        return load_causal_lm(path, dtype, self.device, self.cfg.model.trust_remote_code)
 
     @contextlib.contextmanager
     def reference_model(self):
@@ -257,10 +256,10 @@ class Learner:
             merged[key] = max(m[key] for m in per_step)
         return merged
 
-    def batch_norm(self, batch: TrainBatch) -> BatchNorm:
+    def loss_normalisers(self, batch: TrainBatch) -> LossNormalisers:
         lengths = batch.loss_mask.sum(-1)
         budget = self.cfg.algorithm.length_norm or self.cfg.sampler.max_new_tokens
-        return BatchNorm(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
+        return LossNormalisers(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
                          length_norm=float(budget))
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -268,7 +267,7 @@ class Learner:
         each rank's loss is its share of a sum."""
         (loss * self.ranks.world).backward()
 
-    def accumulate_gradients(self, batch: TrainBatch, norm: BatchNorm) -> dict[str, float]:
+    def accumulate_gradients(self, batch: TrainBatch, norm: LossNormalisers) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
         lags = lag_tokens(batch.policy_lag, batch.loss_mask) if batch.policy_lag is not None else None
@@ -311,7 +310,7 @@ class Learner:
     def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step of the configured policy loss on a mini-batch."""
         self.zero_grad()
-        norm = self.batch_norm(batch)
+        norm = self.loss_normalisers(batch)
         metrics = self.accumulate_gradients(batch, norm)
         finite = all(math.isfinite(v) for v in metrics.values())
         return {**metrics, **self.apply_gradients(finite, any_tokens=norm.num_tokens > 0)}

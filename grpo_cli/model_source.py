@@ -1,5 +1,6 @@
 """Where the model's weights come from: a Hugging Face folder or hub id as it is, or a GGUF
-file (llama.cpp's format) converted once into a Hugging Face folder.
+file (llama.cpp's format) converted once into a Hugging Face folder; and `load_causal_lm`, the
+one place the learner (policy, reference) and the hf sampler load a causal language model.
 
 transformers reads GGUF (`from_pretrained(folder, gguf_file=NAME)`) and dequantizes it, but
 the model it returns refuses `save_pretrained`, and vLLM, PEFT and our checkpoints all want
@@ -45,6 +46,11 @@ from grpo_cli.metrics import console
 
 GGUF_SUFFIX = ".gguf"
 FORMAT = 1  # bump when what a converted folder holds changes: old folders are not reused
+
+
+def load_causal_lm(path: str, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """The causal language model at `path` (a folder, a hub id, a checkpoint) in `dtype` on `device`."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
 
 
 def is_gguf(model: ModelConfig) -> bool:

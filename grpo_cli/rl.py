@@ -44,7 +44,7 @@ from grpo_cli.runtime import (
 )
 from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
 from grpo_cli.samples import sample_rows
-from grpo_cli.schedule import derived_seed, is_due, step_indices
+from grpo_cli.schedule import derived_seed, is_due, round_prompts
 from grpo_cli.types import PromptBatch, Rollouts, Scores, Sequences, TrainBatch
 
 
@@ -202,11 +202,7 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
 def generate(run: Run, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
     """This rank's prompts of the round and their rollouts, from the current weights. Round 0
     walks the data in seeded epochs; refill rounds draw fresh prompts from their own seeded stream."""
-    count, seed = run.cfg.trainer.prompts_per_step, derived_seed(run.cfg.seed, step, 0) + (round_ << 40)
-    if round_ == 0:
-        rows = step_indices(len(run.train_prompts), count, step, run.cfg.seed)
-    else:
-        rows = torch.randperm(len(run.train_prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    rows, seed = round_prompts(len(run.train_prompts), run.cfg.trainer.prompts_per_step, step, round_, run.cfg.seed)
     mine = run.ranks.share(len(rows))
     batch = run.train_prompts.take([rows[i] for i in mine])
     run.sampler.wake()

@@ -31,7 +31,7 @@ from grpo_cli.environments import episode_spec, run_episodes
 from grpo_cli.errors import UserError
 from grpo_cli.runtime import load_tokenizer, make_sampler, quiet_libraries
 from grpo_cli.sampler import SamplingParams, prompt_seeds
-from grpo_cli.schedule import derived_seed, step_indices
+from grpo_cli.schedule import round_prompts
 from grpo_cli.types import PromptBatch, Rollouts
 
 POLL_SECONDS = 1.0  # how often a waiting side looks whether the other is still alive
@@ -267,8 +267,7 @@ class Lookahead:
             self.dropped += 1
 
     def _send(self) -> None:
-        count, seed = self.cfg.trainer.prompts_per_step, derived_seed(self.cfg.seed, self.sent, 0)
-        rows = step_indices(len(self.prompts), count, self.sent, self.cfg.seed)
+        rows, seed = round_prompts(len(self.prompts), self.cfg.trainer.prompts_per_step, self.sent, 0, self.cfg.seed)
         batch = self.prompts.take(rows)
-        self.pending.append((batch, self.worker.submit(batch, self.params, prompt_seeds(seed, range(count)))))
+        self.pending.append((batch, self.worker.submit(batch, self.params, prompt_seeds(seed, range(len(rows))))))
         self.sent += 1

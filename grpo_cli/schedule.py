@@ -22,6 +22,16 @@ def step_indices(num_rows: int, per_step: int, step: int, seed: int) -> list[int
     return out
 
 
+def round_prompts(num_rows: int, per_step: int, step: int, round_: int, seed: int) -> tuple[list[int], int]:
+    """The rows a step's sampling round reads and the round's sampling seed, for the synchronous
+    and the asynchronous loop alike: round 0 walks the data in seeded epochs (step_indices);
+    refill rounds (DAPO's dynamic sampling) draw fresh rows from their own seeded stream."""
+    round_seed = derived_seed(seed, step, 0) + (round_ << 40)
+    if round_ == 0:
+        return step_indices(num_rows, per_step, step, seed), round_seed
+    return torch.randperm(num_rows, generator=torch.Generator().manual_seed(round_seed))[:per_step].tolist(), round_seed
+
+
 def derived_seed(seed: int, step: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, step, purpose): stream 0 sampling, 1 the
     update's shuffling, 2 held-out evaluation, 3 the group filter's ties."""

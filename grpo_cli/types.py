@@ -377,7 +377,7 @@ class LossInputs:
 
 
 @dataclass
-class BatchNorm:
+class LossNormalisers:
     """Normalisers of the optimizer-step mini-batch, counted before micro-batching so that
     summing micro-batch losses gives exactly the full mini-batch loss (docs/algorithms.md §1.4).
 

@@ -20,7 +20,7 @@ def rollouts(tokenizer, eval_prompts):
 
 def gradient(learner, batch):
     learner.zero_grad()
-    metrics = learner.accumulate_gradients(batch, learner.batch_norm(batch))
+    metrics = learner.accumulate_gradients(batch, learner.loss_normalisers(batch))
     grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
     return grads, metrics
 

@@ -8,7 +8,7 @@ import torch
 from grpo_cli.algorithms import AGGREGATIONS, KL_ESTIMATORS, compute_loss
 from grpo_cli.algorithms.losses import RATIOS, clipped_surrogate
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import BatchNorm, LossInputs
+from grpo_cli.types import LossNormalisers, LossInputs
 
 
 def inputs(logprobs, old, advantages, mask=None, ref=None):
@@ -22,7 +22,8 @@ def inputs(logprobs, old, advantages, mask=None, ref=None):
 
 
 def norm_of(mask, length_norm=8.0):
-    return BatchNorm(num_sequences=int((mask.sum(-1) > 0).sum()), num_tokens=int(mask.sum()), length_norm=length_norm)
+    return LossNormalisers(num_sequences=int((mask.sum(-1) > 0).sum()), num_tokens=int(mask.sum()),
+                           length_norm=length_norm)
 
 
 def test_aggregation_vector_8_3():

@@ -18,7 +18,7 @@ import torch
 
 from grpo_cli.algorithms.kl import KL_ESTIMATORS, KL_PLACEMENTS
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import BatchNorm, LossInputs, LossOutput
+from grpo_cli.types import LossNormalisers, LossInputs, LossOutput
 
 # Log-ratio clamps before exp (verl): token ratios to ±20, sequence log-ratio to ≤ 10.
 TOKEN_LOG_RATIO_CLAMP = 20.0
@@ -160,20 +160,20 @@ CORRECTIONS = {
 }
 
 
-# ---- aggregation: (token_loss [b, C], loss_mask [b, C], BatchNorm) -> scalar ---------------
+# ---- aggregation: (token_loss [b, C], loss_mask [b, C], LossNormalisers) -> scalar ---------------
 
-def seq_mean_token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+def seq_mean_token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: LossNormalisers) -> torch.Tensor:
     """(1/B) Σ_i Σ_t m L / |o_i|: the GRPO paper's and GSPO's."""
     per_seq = (token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return per_seq.sum() / max(1, norm.num_sequences)
 
 
-def token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+def token_mean(token_loss: torch.Tensor, mask: torch.Tensor, norm: LossNormalisers) -> torch.Tensor:
     """Σ_i Σ_t m L / Σ_i |o_i| over the whole mini-batch: DAPO's, CISPO's, GFPO's."""
     return (token_loss * mask).sum() / max(1, norm.num_tokens)
 
 
-def seq_mean_token_sum_norm(token_loss: torch.Tensor, mask: torch.Tensor, norm: BatchNorm) -> torch.Tensor:
+def seq_mean_token_sum_norm(token_loss: torch.Tensor, mask: torch.Tensor, norm: LossNormalisers) -> torch.Tensor:
     """(1/B) Σ_i Σ_t m L / L_norm with L_norm the generation budget: Dr. GRPO's."""
     return (token_loss * mask).sum() / (norm.length_norm * max(1, norm.num_sequences))
 
@@ -187,7 +187,7 @@ AGGREGATIONS = {
 
 # ---- composition -------------------------------------------------------------------------
 
-def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: BatchNorm) -> LossOutput:
+def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: LossNormalisers) -> LossOutput:
     """The micro-batch's share of the mini-batch loss for the configured variant."""
     aggregate = AGGREGATIONS[cfg.aggregation]
     mask = inp.loss_mask

@@ -15,8 +15,9 @@ with TIS/MIS or keep both filters off for training.
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
+from grpo_cli.model_source import load_causal_lm
 from grpo_cli.sampler.base import SamplingParams
 from grpo_cli.types import PromptBatch, Rollouts, left_pad
 
@@ -65,8 +66,7 @@ class HFSampler:
 
     def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
                  batch_size: int, trust_remote_code: bool = False, **_):
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-        self.model.to(device).eval()
+        self.model = load_causal_lm(model_path, dtype, device, trust_remote_code).eval()
         self.device = device
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id
