@@ -159,7 +159,7 @@ class PromptRenderer:
         given = lookup(row, self.cfg.prompt_key)
         return list(given) if is_messages(given) else [{"role": "user", "content": self.cfg.template.format_map(row)}]
 
-    def text(self, messages: list[dict], where: str) -> str:
+    def text(self, messages: list[dict], where: str = "a prompt") -> str:
         """The prompt as the model reads it; `where` names the row for the error when the model's
         chat template refuses the messages (a role it does not know, say)."""
         messages = list(messages)
