@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Protocol
 
 from grpo_cli import checkpoint, distributed
+from grpo_cli.clock import is_due
+from grpo_cli.completion_samples import samples_table, write_samples
 from grpo_cli.config import GrpoConfig
 from grpo_cli.distributed import Ranks
 from grpo_cli.errors import RunStopped, UserError
 from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
 from grpo_cli.metrics import METRICS_FILE, MetricsFile, ProgressBar, StepResult, console
-from grpo_cli.overrides import read_overrides, resume_command
 from grpo_cli.objectives import OBJECTIVES, plan_start, saved_by
+from grpo_cli.overrides import read_overrides, resume_command
 from grpo_cli.rundir import RunLock, prepare_run_dir
-from grpo_cli.samples import samples_table, write_samples
-from grpo_cli.schedule import is_due
 from grpo_cli.shutdown import StopRequest
 
 

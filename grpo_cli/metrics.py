@@ -21,7 +21,7 @@ METRICS_FILE = "metrics.jsonl"
 @dataclass
 class StepResult:
     """What a training step reports. metrics: name -> value, with loss/total and
-    update/nonfinite; samples: completion samples (grpo_cli/samples.py), when asked for."""
+    update/nonfinite; samples: completion samples (grpo_cli/completion_samples.py), when asked for."""
 
     metrics: dict[str, float]
     samples: list[dict] = field(default_factory=list)

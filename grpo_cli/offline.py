@@ -23,6 +23,7 @@ from grpo_cli.algorithms.preference import (
     PairLogprobs,
     pair_losses,
 )
+from grpo_cli.clock import step_indices
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, load_pairs
 from grpo_cli.distributed import Ranks
@@ -30,7 +31,6 @@ from grpo_cli.errors import UserError
 from grpo_cli.learner import Learner
 from grpo_cli.metrics import StepResult
 from grpo_cli.runtime import DTYPES, load_tokenizer, pick_device
-from grpo_cli.schedule import step_indices
 from grpo_cli.types import Sequences, left_pad
 
 

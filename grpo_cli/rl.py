@@ -23,6 +23,8 @@ from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Select
 from grpo_cli.algorithms.kl import reward_penalty
 from grpo_cli.algorithms.offpolicy import staleness_metrics
 from grpo_cli.algorithms.stats import group_stats
+from grpo_cli.clock import derived_seed, is_due, round_prompts
+from grpo_cli.completion_samples import sample_rows
 from grpo_cli.config import AlgorithmConfig, GrpoConfig
 from grpo_cli.data import PromptSet
 from grpo_cli.distributed import Ranks, local_device
@@ -43,8 +45,6 @@ from grpo_cli.runtime import (
     sampling_params,
 )
 from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
-from grpo_cli.samples import sample_rows
-from grpo_cli.schedule import derived_seed, is_due, round_prompts
 from grpo_cli.types import PromptBatch, Rollouts, Scores, Sequences, TrainBatch
 
 

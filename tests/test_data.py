@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.errors import UserError
+from grpo_cli.clock import step_indices
 from grpo_cli.data import load_prompts
-from grpo_cli.schedule import step_indices
+from grpo_cli.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

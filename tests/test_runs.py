@@ -20,8 +20,8 @@ import pytest
 from grpo_cli.checkpoint import list_checkpoints
 from grpo_cli.cli import main
 from grpo_cli.errors import UserError
+from grpo_cli.run_listing import find_runs, list_runs, lock_holder, read_run
 from grpo_cli.rundir import LOCK_FILE, RunLock
-from grpo_cli.runs import find_runs, list_runs, lock_holder, read_run
 
 pytestmark = pytest.mark.slow
 

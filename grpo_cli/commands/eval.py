@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from grpo_cli.checkpoint import is_checkpoint, verify
+from grpo_cli.clock import derived_seed
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, PromptSet, load_pairs, lookup, with_reference
 from grpo_cli.environments import episode_spec
@@ -34,7 +35,6 @@ from grpo_cli.runtime import (
     pick_device,
     sampling_params,
 )
-from grpo_cli.schedule import derived_seed
 
 
 def weights_to_evaluate(cfg: GrpoConfig) -> str:

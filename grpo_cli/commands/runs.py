@@ -2,7 +2,7 @@
 unless told otherwise): algorithm, model, steps done of planned, newest checkpoint, best
 held-out accuracy, status; below the table, the command that resumes each stopped run.
 
-It reads files only (grpo_cli/runs.py): no model loads, and a live run is not disturbed.
+It reads files only (grpo_cli/run_listing.py): no model loads, and a live run is not disturbed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from rich.text import Text
 
 from grpo_cli.checkpoint import CHECKPOINTS_DIR
 from grpo_cli.errors import UserError
+from grpo_cli.run_listing import ACCURACY_KEYS, RunInfo, list_runs
 from grpo_cli.rundir import describe_holder
-from grpo_cli.runs import ACCURACY_KEYS, RunInfo, list_runs
 
 USAGE = "usage: grpo runs [DIR]   (DIR: a folder of run folders, searched through; default runs)"
 DEFAULT_ROOT = "runs"
