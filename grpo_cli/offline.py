@@ -118,18 +118,21 @@ def response_sums(learner: Learner, model, micro: Sequences) -> torch.Tensor:
 def sums_of(learner: Learner, model, pairs: PairSet, index: list[int], pad_id: int) -> torch.Tensor:
     """[len(index), 2] (chosen, rejected) sums of the pairs `index` under `model`, in blocks of
     trainer.micro_batch_size rows, each through the learner's micro-batches."""
+    block = max(1, learner.cfg.trainer.micro_batch_size // 2)
     out = []
-    for start in range(0, len(index), pairs_per_block(learner)):
-        batch = pair_batch(pairs, index[start:start + pairs_per_block(learner)], pad_id)
-        sums = torch.zeros(len(batch))
-        for rows, micro in learner.micro_batches(batch):
-            sums[rows] = response_sums(learner, model, micro).float().cpu()
-        out.append(sums.view(2, -1).T)
+    for start in range(0, len(index), block):
+        batch = pair_batch(pairs, index[start:start + block], pad_id)
+        out.append(micro_batch_sums(learner, model, list(learner.micro_batches(batch)), len(batch)).view(2, -1).T)
     return torch.cat(out)
 
 
-def pairs_per_block(learner: Learner) -> int:
-    return max(1, learner.cfg.trainer.micro_batch_size // 2)
+@torch.no_grad()
+def micro_batch_sums(learner: Learner, model, micros: list, rows: int) -> torch.Tensor:
+    """[rows] response sums of a batch given as the learner's (row index, micro-batch) pairs."""
+    sums = torch.zeros(rows)
+    for index, micro in micros:
+        sums[index] = response_sums(learner, model, micro).float().cpu()
+    return sums
 
 
 def as_pairs(sums: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> PairLogprobs:
@@ -158,11 +161,7 @@ def preference_step(run: PreferenceRun, step: int) -> dict[str, float]:
         weights, alpha = WEIGHTINGS[p.group_weighting](losses.detach(), pairs.groups, run.state, p.eta_alpha)
         learner.backward((weights.to(losses) * losses).sum())
         return finish_step(run, losses.detach().float().cpu(), pairs.margins().detach().float().cpu(), groups, alpha)
-    with torch.no_grad():
-        sums = torch.zeros(len(batch))
-        for rows, micro in micros:
-            sums[rows] = response_sums(learner, learner.model, micro).float().cpu()
-    sums.requires_grad_(True)
+    sums = micro_batch_sums(learner, learner.model, micros, len(batch)).requires_grad_(True)
     pairs = as_pairs(sums, ref, groups)
     losses = pair_losses(pairs, p.pair_loss, p.beta)
     weights, alpha = WEIGHTINGS[p.group_weighting](losses.detach(), pairs.groups, run.state, p.eta_alpha)
