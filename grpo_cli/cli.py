@@ -13,7 +13,8 @@ from importlib import import_module
 from pathlib import Path
 
 from grpo_cli.errors import RunStopped, UserError
-from grpo_cli.overrides import OVERRIDES_FILE, inherited, read_overrides
+from grpo_cli.run_folder.layout import OVERRIDES_FILE
+from grpo_cli.run_folder.overrides import inherited, read_overrides
 
 USAGE = """usage: grpo <command> [KEY=VALUE ...] [--cfg job] [--resolve] [--debug]
 
@@ -164,7 +165,7 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
         return 0
     # torch and the models' libraries load from here on, after the instant `--cfg job` above
     from grpo_cli.model_source import prepare
-    from grpo_cli.runtime import quiet_libraries
+    from grpo_cli.training.runtime import quiet_libraries
     from grpo_cli.validation import validate
 
     cfg = validate(to_object(node))

@@ -19,6 +19,7 @@ import torch
 from rich.table import Table
 
 from grpo_cli.data import PromptSet
+from grpo_cli.run_folder.layout import SAMPLES_DIR
 from grpo_cli.types import Rollouts, Scores
 
 CONSOLE_TEXT = 48  # characters of a completion or prompt in the console table
@@ -63,7 +64,7 @@ def sample_rows(tokenizer, source: PromptSet, rollouts: Rollouts, scores: Scores
 
 def write_samples(run_dir: Path, step: int, rows: list[dict]) -> Path:
     """samples/step_N.jsonl, written beside and renamed: never half a file."""
-    folder = run_dir / "samples"
+    folder = run_dir / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
     path = folder / f"step_{step}.jsonl"
     partial = path.with_suffix(".partial")

@@ -29,9 +29,9 @@ import yaml
 
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console
-from grpo_cli.rundir import CONFIG_FILE, flat_config
+from grpo_cli.run_folder.admission import flat_config
+from grpo_cli.run_folder.layout import CONFIG_FILE, LOGGERS_STATE_FILE, TENSORBOARD_DIR
 
-STATE_FILE = "loggers.json"
 SAMPLE_COLUMNS = ("prompt", "completion", "reward", "advantage", "length", "truncated", "correct")
 
 
@@ -67,7 +67,7 @@ class TensorBoardLogger:
         summary_writer = importlib.import_module("torch.utils.tensorboard")
         hparams = importlib.import_module("torch.utils.tensorboard.summary").hparams
         # purge_step: a viewer drops what a killed run logged after the checkpoint
-        self.writer = summary_writer.SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10,
+        self.writer = summary_writer.SummaryWriter(str(run_dir / TENSORBOARD_DIR), flush_secs=10,
                                                    purge_step=None if resumed_at is None else resumed_at + 1)
         if resumed_at is None:
             for summary in hparams(_hyperparameters(config), {"eval/accuracy": math.nan}):
@@ -161,7 +161,7 @@ class Loggers:
         if not names or run_dir is None:
             return
         check_ready(names)
-        self.path = run_dir / STATE_FILE
+        self.path = run_dir / LOGGERS_STATE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() and resumed_at is not None else {}
         config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
         try:

@@ -15,7 +15,6 @@ from rich.table import Table
 # soft_wrap: a line naming a long path stays one line in a log file or a pipe, where rich
 # would otherwise break it at 80 columns.
 console = Console(stderr=True, soft_wrap=True)
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass

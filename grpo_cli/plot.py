@@ -36,7 +36,8 @@ from types import SimpleNamespace
 from typing import NamedTuple, Sequence
 
 from grpo_cli.errors import UserError, one_line
-from grpo_cli.metrics import METRICS_FILE, parse_records
+from grpo_cli.metrics import parse_records
+from grpo_cli.run_folder.layout import METRICS_FILE
 
 DEFAULT_SMOOTH = 0.6
 FALLBACK_PANELS = 9

@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console, results_table
 from grpo_cli.plot import plot_runs
-from grpo_cli.rundir import SUMMARY_FILE
+from grpo_cli.run_folder.layout import SUMMARY_FILE
 
 
 @dataclass

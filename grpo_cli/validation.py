@@ -18,9 +18,7 @@ from grpo_cli.data import template_problem
 from grpo_cli.environments import ENVIRONMENTS, environment_class
 from grpo_cli.environments.tools import tool_schemas
 from grpo_cli.errors import ConfigError
-from grpo_cli.learner import SCHEDULES
 from grpo_cli.loggers import LOGGERS, check_ready
-from grpo_cli.objectives import OBJECTIVES
 from grpo_cli.rewards.catalog import (
     IN_PROCESS,
     REWARDS,
@@ -31,9 +29,10 @@ from grpo_cli.rewards.catalog import (
     probe_user_module,
 )
 from grpo_cli.rewards.process import PROCESS_REWARDS
-from grpo_cli.runtime import DEVICES, DTYPES
 from grpo_cli.sampler import SAMPLERS
-
+from grpo_cli.training.learner import SCHEDULES
+from grpo_cli.training.objectives import OBJECTIVES
+from grpo_cli.training.runtime import DEVICES, DTYPES
 
 # Far above published GRPO batches (DAPO: 512 prompts x 16); beyond it a typo (sampler.n=1000000)
 # would start a step that never ends, with no word said.

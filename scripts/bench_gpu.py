@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from random_model import SHAPES, make_model
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core FLOP/s
@@ -36,8 +35,8 @@ BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-cor
 
 def build_run(model_dir: Path, run_dir: str, args):
     from grpo_cli.compose import compose, to_object
+    from grpo_cli.training.rl import build
     from grpo_cli.validation import validate
-    from grpo_cli.rl import build
 
     overrides = [f"output_dir={run_dir}", f"model.name_or_path={model_dir}", "model.dtype=bfloat16", "device=cuda",
                  "model.gradient_checkpointing=true", "sampler=vllm", f"sampler.n={args.n}",
@@ -75,7 +74,7 @@ def generation(run, seeds) -> dict[str, float]:
 
 def learner_throughput(run, steps: int) -> dict[str, float]:
     """Recompute-and-update seconds on one step's batch, as tokens/s and MFU."""
-    from grpo_cli.rl import Stopwatch, collect
+    from grpo_cli.training.rl import Stopwatch, collect
     from grpo_cli.types import BatchLogprobs, Sequences, TrainBatch
 
     rollouts, _, _, _ = collect(run, 0, Stopwatch())
@@ -83,7 +82,7 @@ def learner_throughput(run, steps: int) -> dict[str, float]:
     sequences = Sequences.from_rollouts(rollouts)
     batch = TrainBatch.assemble(sequences, torch.randn(len(sequences), 1) * sequences.loss_mask, BatchLogprobs())
     tokens = float(batch.attention_mask.sum())
-    seconds = [timed(lambda: run.learner.update(batch, seed=i))[1] for i in range(steps)]
+    seconds = [timed(lambda: run.learner.update(batch, i, run.loss))[1] for i in range(steps)]
     params = sum(p.numel() for p in run.learner.model.parameters())
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in BF16_PEAK.items() if k in name), float("nan"))
@@ -101,7 +100,7 @@ def push_seconds(run, repeats: int = 5) -> float:
 def step_split(run, steps: int) -> dict[str, float]:
     """Whole training steps (after one warm-up): the time split, the sampler-learner gap after
     each push, and how far the steps move the learner's log-probs of a fixed sequence."""
-    from grpo_cli.rl import train_step
+    from grpo_cli.training.rl import train_step
     from grpo_cli.types import Sequences
 
     probe = Sequences.from_rollouts(run.sampler.generate(run.train_prompts.take([0, 1, 2, 3]), run.train_params,

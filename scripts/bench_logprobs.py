@@ -25,7 +25,7 @@ def measure(batch: int, length: int, chunk: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from grpo_cli.logprobs import sequence_logprobs
+    from grpo_cli.training.logprobs import sequence_logprobs
     from grpo_cli.types import TrainBatch
 
     torch.manual_seed(0)

@@ -54,13 +54,14 @@ try:
 except ImportError:
     sys.exit("scripts/bench_trl.py needs TRL: pip install trl (see its header)")
 
+from bench import REAL_MODELS
+
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import GrpoConfig
 from grpo_cli.model_source import prepare
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
-from grpo_cli.runtime import load_and_report, load_tokenizer, quiet_libraries
+from grpo_cli.training.runtime import load_and_report, load_tokenizer, quiet_libraries
 from grpo_cli.validation import validate
-from bench import REAL_MODELS
 
 # Our aggregation -> TRL's loss_type; a variant without a TRL counterpart is refused.
 LOSS_TYPES = {"seq_mean_token_mean": "grpo", "token_mean": "dapo", "seq_mean_token_sum_norm": "dr_grpo"}

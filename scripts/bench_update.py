@@ -21,8 +21,8 @@ import time
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.model_source import prepare
-from grpo_cli.rl import Stopwatch, build, collect, update_batch
-from grpo_cli.runtime import quiet_libraries
+from grpo_cli.training.rl import Stopwatch, build, collect, update_batch
+from grpo_cli.training.runtime import quiet_libraries
 from grpo_cli.types import TrainBatch
 from grpo_cli.validation import validate
 
@@ -52,7 +52,7 @@ def main() -> int:
             for tokens in args.micro_batch_tokens:
                 run.learner.cfg.trainer.micro_batch_tokens = tokens  # read at each update
                 start = time.perf_counter()
-                run.learner.update(batch, seed=round_)
+                run.learner.update(batch, round_, run.loss)
                 seconds[tokens].append(time.perf_counter() - start)
     finally:
         run.close()

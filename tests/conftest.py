@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import ASSETS_DIR
-from grpo_cli.learner import Learner
+from grpo_cli.training.learner import Learner
+from grpo_cli.training.rl import logprobs_before_update
 from grpo_cli.types import Sequences, TrainBatch
 from grpo_cli.validation import validate
 
@@ -23,10 +25,16 @@ def rl_learner(cfg, dtype=torch.float32, total_optimizer_steps: int = 10, **kwar
                    needs_reference=cfg.algorithm.kl_coef > 0, **kwargs)
 
 
+def rl_loss(cfg) -> RLLoss:
+    """The RL loss as the run builds it; it reads cfg.algorithm live, so tests may change it."""
+    return RLLoss(cfg.algorithm, cfg.sampler.max_new_tokens)
+
+
 def train_batch(learner: Learner, rollouts) -> TrainBatch:
     """The rollouts as the RL step hands them to the learner, with advantages 0 (tests set theirs)."""
     sequences = Sequences.from_rollouts(rollouts)
-    return TrainBatch.assemble(sequences, torch.zeros_like(sequences.loss_mask), learner.logprobs(sequences))
+    logprobs = logprobs_before_update(learner, rl_loss(learner.cfg), sequences)
+    return TrainBatch.assemble(sequences, torch.zeros_like(sequences.loss_mask), logprobs)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,7 +58,7 @@ def conversion_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from grpo_cli.runtime import load_tokenizer
+    from grpo_cli.training.runtime import load_tokenizer
 
     return load_tokenizer(TINY)
 

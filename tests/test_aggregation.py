@@ -186,7 +186,7 @@ def test_a_gate_without_a_correct_value_needs_gate_min():
 
 @pytest.mark.parametrize("aggregation", ["sum", "decoupled"])
 def test_a_step_logs_each_rewards_advantage_and_its_gate(make_cfg, aggregation):
-    from grpo_cli.rl import build, train_step
+    from grpo_cli.training.rl import build, train_step
 
     functions = "[{name:final_answer},{name:format,weight:0.5,gate:final_answer,kwargs:{pattern:'(?:(?!Terms:|Total:).)*'}}]"
     cfg = make_cfg(f"reward.functions={functions}", f"algorithm.reward_aggregation={aggregation}",

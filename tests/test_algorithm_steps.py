@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from grpo_cli.compose import config_dir
-from grpo_cli.rl import train_step
-from grpo_cli.rl import build
+from grpo_cli.training.rl import build, train_step
+
 from test_config import options
 
 
@@ -24,7 +24,7 @@ def test_two_steps(make_cfg, algorithm):
 
 
 def test_dynamic_sampling_fills_the_batch_with_groups_that_have_a_spread(make_cfg):
-    from grpo_cli.rl import Stopwatch, collect
+    from grpo_cli.training.rl import Stopwatch, collect
 
     # G = 2 at a base accuracy near 0.4: about half the groups have no spread, so rounds refill.
     cfg = make_cfg("algorithm=dapo", "trainer.prompts_per_step=6", "sampler.n=2")

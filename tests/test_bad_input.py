@@ -21,7 +21,8 @@ import pytest
 
 from grpo_cli.cli import main
 from grpo_cli.errors import UserError
-from grpo_cli.rundir import LOCK_FILE, RunLock
+from grpo_cli.run_folder.layout import LOCK_FILE
+from grpo_cli.run_folder.lock import RunLock
 
 SHORT = ["trainer.steps=2", "trainer.eval_every=0", "eval.num_prompts=4", "eval.k=2", "trainer.prompts_per_step=4"]
 RUN = "my runs/café"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.clock import step_indices
 from grpo_cli.data import load_prompts
 from grpo_cli.errors import UserError
+from grpo_cli.training.clock import step_indices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -149,7 +149,7 @@ def test_answer_pattern_must_be_a_regex_with_one_group(make_cfg):
 
 
 def test_dropping_long_prompts_says_how_many_and_which_setting_keeps_them(make_cfg, tokenizer, capsys):
-    from grpo_cli.runtime import load_and_report
+    from grpo_cli.training.runtime import load_and_report
 
     cfg = make_cfg("data.max_prompt_tokens=10")
     everything = load_prompts(cfg.data.eval_path, "test", make_cfg().data, tokenizer)

@@ -8,14 +8,15 @@ import functools
 import pytest
 import torch
 
-from conftest import TINY, seeds
 from grpo_cli.environments import EpisodeSpec, Observation, episode_spec, run_episodes
 from grpo_cli.environments.render import turn_ids
 from grpo_cli.errors import UserError
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.rewards.scoring import with_environment
 from grpo_cli.sampler import SamplingParams, engine
+from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.types import Scores, Sequences
+
+from conftest import TINY, seeds
 
 REPLY = [{"role": "user", "content": "Again."}]
 

@@ -4,7 +4,7 @@ from itertools import combinations
 
 import pytest
 
-from grpo_cli.evaluate import pass_at_k
+from grpo_cli.training.evaluate import pass_at_k
 
 
 @pytest.mark.parametrize("n, c, k", [(4, 0, 1), (4, 1, 1), (4, 2, 2), (5, 2, 3), (8, 3, 4), (6, 6, 2), (10, 1, 10)])

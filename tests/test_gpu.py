@@ -7,8 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from grpo_cli.rl import train_step
-from grpo_cli.rl import build
+from grpo_cli.training.rl import build, train_step
 
 pytestmark = pytest.mark.gpu
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
-from grpo_cli.types import Sequences
 from grpo_cli.sampler import SamplingParams, engine
-from conftest import TINY, rl_learner, seeds, train_batch
+from grpo_cli.types import Sequences
+
+from conftest import TINY, rl_learner, rl_loss, seeds, train_batch
 from test_config import options
 
 
@@ -20,7 +21,8 @@ def rollouts(tokenizer, eval_prompts):
 
 def gradient(learner, batch):
     learner.zero_grad()
-    metrics = learner.accumulate_gradients(batch, learner.loss_normalisers(batch))
+    loss = rl_loss(learner.cfg)
+    metrics = learner.accumulate_gradients(batch, loss, loss.normalisers(batch))
     grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
     return grads, metrics
 
@@ -49,13 +51,13 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts,
 def test_token_budget_micro_batches_trim_padding_and_keep_logprobs(make_cfg, rollouts):
     learner = rl_learner(make_cfg("algorithm.kl_coef=0.04"), total_optimizer_steps=1)
     batch = Sequences.from_rollouts(rollouts)
-    whole = learner.logprobs(batch).ref_logprobs
+    whole = learner.reference_logprobs(batch)
     learner.cfg.trainer.micro_batch_tokens = 150
     parts = list(learner.micro_batches(batch))
     assert sorted(i for index, _ in parts for i in index.tolist()) == list(range(len(batch)))
     assert all(len(m) * m.input_ids.shape[1] <= 150 or len(m) == 1 for _, m in parts)
     assert min(m.input_ids.shape[1] for _, m in parts) < batch.input_ids.shape[1]  # padding trimmed
-    assert torch.allclose(learner.logprobs(batch).ref_logprobs, whole, atol=1e-5)
+    assert torch.allclose(learner.reference_logprobs(batch), whole, atol=1e-5)
 
 
 def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
@@ -73,7 +75,7 @@ def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
     learner = rl_learner(cfg)
     batch = train_batch(learner, rollouts)
     before = [p.detach().clone() for p in learner.model.parameters()]
-    metrics = learner.update(batch, seed=0)
+    metrics = learner.update(batch, 0, rl_loss(cfg))
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
 
@@ -94,7 +96,7 @@ def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, r
         AdvantageInputs(rewards, rollouts.group_ids, batch.loss_mask), cfg.algorithm)
     assert torch.equal(batch.advantages, torch.zeros_like(batch.advantages))
     before = [p.detach().clone() for p in learner.model.parameters()]
-    metrics = learner.update(batch, seed=0)
+    metrics = learner.update(batch, 0, rl_loss(cfg))
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
@@ -156,7 +158,7 @@ def test_bf16_with_fp32_master_weights_keeps_small_updates(make_cfg, rollouts, f
     batch = train_batch(learner, rollouts)
     batch.advantages = torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
     before = [p.detach().clone() for p in learner.model.parameters()]
-    learner.optimizer_step(batch)
+    learner.optimizer_step(batch, rl_loss(cfg))
     moved = sum(int((p.detach() != b).sum()) for p, b in zip(learner.model.parameters(), before))
     total = sum(b.numel() for b in before)
     assert (moved / total > 0.9) if fp32_master else (moved / total < 0.1), moved / total

@@ -17,7 +17,7 @@ import torch
 from grpo_cli.cli import main
 from grpo_cli.compose import compose, to_object
 from grpo_cli.loggers import LOGGERS
-from grpo_cli.rl import build, train_step
+from grpo_cli.training.rl import build, train_step
 from grpo_cli.validation import validate
 
 REPORT = "trainer.report_to=[tensorboard,wandb,trackio]"
@@ -141,9 +141,9 @@ def test_samples_match_what_the_loss_used():
     seen = []
     update = run.learner.update
 
-    def keep(batch, seed):  # the real update, with its batch kept for the comparison
+    def keep(batch, seed, loss):  # the real update, with its batch kept for the comparison
         seen.append(batch)
-        return update(batch, seed=seed)
+        return update(batch, seed, loss)
 
     run.learner.update = keep
     try:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli.logprobs import sequence_logprobs
+from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.types import TrainBatch
 
 from conftest import TINY

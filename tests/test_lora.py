@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY, rl_learner, seeds, train_batch
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
+from grpo_cli.training.logprobs import sequence_logprobs
+
+from conftest import TINY, rl_learner, rl_loss, seeds, train_batch
 from test_config import composed
 
 
@@ -46,7 +47,7 @@ def test_only_adapters_move_and_the_push_matches_the_learner(make_cfg, sampler, 
     batch = trained_batch(learner, sampler, eval_prompts)
     assert learner.reference is None  # the adapters switched off stand in for it
     for _ in range(3):
-        learner.optimizer_step(batch)
+        learner.optimizer_step(batch, rl_loss(learner.cfg))
     adapted = {n: p for n, p in learner.model.named_parameters() if "lora_" in n}
     assert all(p.requires_grad for p in adapted.values())
     assert any(float(p.detach().abs().max()) > 0 for n, p in adapted.items() if "lora_B" in n)
@@ -60,7 +61,7 @@ def test_only_adapters_move_and_the_push_matches_the_learner(make_cfg, sampler, 
     policy = sequence_logprobs(learner.model, micro, 1.0)[0].detach() * batch.loss_mask
     pushed = sequence_logprobs(sampler.model, micro, 1.0)[0] * batch.loss_mask
     assert (policy - pushed).abs().max() < 1e-4
-    reference = learner.logprobs(batch).ref_logprobs
+    reference = learner.reference_logprobs(batch)
     base_model = AutoModelForCausalLM.from_pretrained(TINY)
     assert (reference - sequence_logprobs(base_model, micro, 1.0)[0] * batch.loss_mask).abs().max() < 1e-5
     sampler.load_weights(base, version=0)

@@ -7,8 +7,8 @@ import torch
 
 from grpo_cli.algorithms import AGGREGATIONS, KL_ESTIMATORS, compute_loss
 from grpo_cli.algorithms.losses import RATIOS, clipped_surrogate
+from grpo_cli.algorithms.stage_io import LossInputs, LossNormalisers
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import LossNormalisers, LossInputs
 
 
 def inputs(logprobs, old, advantages, mask=None, ref=None):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.checkpoint import list_checkpoints
 from grpo_cli.cli import main
 from grpo_cli.errors import UserError
-from grpo_cli.run_listing import find_runs, list_runs, lock_holder, read_run
-from grpo_cli.rundir import LOCK_FILE, RunLock
+from grpo_cli.run_folder.checkpoint import list_checkpoints
+from grpo_cli.run_folder.layout import LOCK_FILE
+from grpo_cli.run_folder.listing import find_runs, list_runs, read_run
+from grpo_cli.run_folder.lock import RunLock, lock_holder
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY, seeds
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
-from grpo_cli.types import left_pad
 from grpo_cli.sampler.hf import filter_logits
+from grpo_cli.training.logprobs import sequence_logprobs
+from grpo_cli.types import left_pad
+
+from conftest import TINY, seeds
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_batch_size_does_not_change_the_layout(tokenizer, eval_prompts):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_logprobs_match_the_learner(sampler, eval_prompts, temperature):
-    from grpo_cli.learner import Learner  # noqa: F401  (layout shared with the learner)
+    from grpo_cli.training.learner import Learner  # noqa: F401  (layout shared with the learner)
     from grpo_cli.types import TrainBatch
 
     out = sampler.generate(eval_prompts.take(list(range(8))), params(temperature=temperature), seeds=seeds(2, 8))

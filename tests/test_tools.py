@@ -11,17 +11,18 @@ import pytest
 import torch
 from tokenizers import AddedToken
 
-from conftest import seeds
 from grpo_cli.config import ASSETS_DIR, DataConfig
 from grpo_cli.data import PromptRenderer, load_prompts
 from grpo_cli.environments import episode_spec, probe_tools, run_episodes
 from grpo_cli.environments.render import turn_ids
 from grpo_cli.environments.tools import ToolCall, call_tool, toolbox
 from grpo_cli.errors import UserError
-from grpo_cli.evaluate import EvalSamples
-from grpo_cli.rl import tool_metrics
-from grpo_cli.runtime import load_tokenizer
 from grpo_cli.sampler import SamplingParams, engine
+from grpo_cli.training.evaluate import EvalSamples
+from grpo_cli.training.rl import tool_metrics
+from grpo_cli.training.runtime import load_tokenizer
+
+from conftest import seeds
 
 TINY_TOOLS = str(ASSETS_DIR / "tiny-tools")
 QWEN_TEMPLATE = Path(__file__).parent / "fixtures" / "qwen2_5_chat_template.jinja"

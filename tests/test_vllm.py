@@ -10,14 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import TINY, seeds
 from grpo_cli.config import SamplerConfig
+from grpo_cli.environments import EpisodeSpec, Observation, run_episodes
 from grpo_cli.errors import UserError
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.sampler import vllm as vllm_sampler
-from grpo_cli.environments import EpisodeSpec, Observation, run_episodes
+from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.types import Sequences, TrainBatch, left_pad
+
+from conftest import TINY, seeds
 
 CPU = torch.device("cpu")
 needs_vllm_cpu = pytest.mark.skipif(

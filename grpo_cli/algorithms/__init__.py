@@ -14,7 +14,7 @@ from grpo_cli.algorithms.losses import (
     compute_loss,
 )
 from grpo_cli.algorithms.preference import PAIR_LOSSES, WEIGHTINGS
-from grpo_cli.types import AdvantageInputs
+from grpo_cli.algorithms.stage_io import AdvantageInputs
 
 __all__ = [
     "ADVANTAGES",

@@ -23,9 +23,9 @@ import torch
 
 from grpo_cli.algorithms.aggregation import GROUP_RULES, sequence_advantages
 from grpo_cli.algorithms.process import process_advantages
+from grpo_cli.algorithms.stage_io import AdvantageInputs
 from grpo_cli.algorithms.stats import ZERO_SPREAD
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import AdvantageInputs
 
 
 def _per_sequence(inp: AdvantageInputs, cfg: AlgorithmConfig, rule) -> torch.Tensor:

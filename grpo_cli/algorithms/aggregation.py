@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo_cli.algorithms.stage_io import AdvantageInputs
 from grpo_cli.algorithms.stats import ZERO_SPREAD, group_stats
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import AdvantageInputs
 
 
 @dataclass

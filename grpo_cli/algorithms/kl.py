@@ -60,9 +60,19 @@ KL_PLACEMENTS = {
 }
 
 
+def kl_in_loss(cfg: AlgorithmConfig) -> bool:
+    """β·KL is a term of the policy loss (compute_loss adds it)."""
+    return cfg.kl_coef > 0 and KL_PLACEMENTS[cfg.kl_in].in_loss
+
+
+def kl_in_reward(cfg: AlgorithmConfig) -> bool:
+    """β·KL is subtracted from the reward (reward_penalty), which needs ℓ_old before the update."""
+    return cfg.kl_coef > 0 and KL_PLACEMENTS[cfg.kl_in].in_reward
+
+
 def reward_penalty(logprobs: BatchLogprobs, loss_mask: torch.Tensor, cfg: AlgorithmConfig) -> torch.Tensor | None:
     """β·KL_t per token, [N, C], when the KL goes into the reward; None otherwise."""
-    if not KL_PLACEMENTS[cfg.kl_in].in_reward or logprobs.ref_logprobs is None:
+    if not kl_in_reward(cfg):
         return None
     kl = KL_ESTIMATORS[cfg.kl_estimator](logprobs.old_logprobs, logprobs.ref_logprobs)
     return cfg.kl_coef * kl * loss_mask

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_cli.algorithms.kl import KL_ESTIMATORS, KL_PLACEMENTS
+from grpo_cli.algorithms.kl import KL_ESTIMATORS, kl_in_loss
+from grpo_cli.algorithms.stage_io import LossInputs, LossNormalisers, LossOutput
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import LossNormalisers, LossInputs, LossOutput
 
 # Log-ratio clamps before exp (verl): token ratios to ±20, sequence log-ratio to ≤ 10.
 TOKEN_LOG_RATIO_CLAMP = 20.0
@@ -209,7 +209,7 @@ def compute_loss(inp: LossInputs, cfg: AlgorithmConfig, norm: LossNormalisers) -
     if inp.ref_logprobs is not None:
         kl = KL_ESTIMATORS[cfg.kl_estimator](inp.logprobs, inp.ref_logprobs)
         kl_value = aggregate(kl, mask, norm)
-        if KL_PLACEMENTS[cfg.kl_in].in_loss:
+        if kl_in_loss(cfg):
             loss = loss + cfg.kl_coef * kl_value
         stats["kl"] = kl_value.detach()
     stats["loss/total"] = loss.detach()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from grpo_cli.algorithms.losses import CORRECTIONS, TOKEN_LOG_RATIO_CLAMP, mismatch_weight
+from grpo_cli.algorithms.stage_io import LossInputs
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import LossInputs
 
 # Reduced by max over micro-batches, mini-batches and ranks; every other metric adds up.
 IS_WEIGHT_MAX = "offpolicy/is_weight_max"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from grpo_cli.algorithms.stage_io import AdvantageInputs
 from grpo_cli.algorithms.stats import group_stats
 from grpo_cli.config import AlgorithmConfig
-from grpo_cli.types import AdvantageInputs
 
 
 def process_advantages(inp: AdvantageInputs, cfg: AlgorithmConfig) -> torch.Tensor:

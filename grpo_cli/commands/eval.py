@@ -14,20 +14,20 @@ from pathlib import Path
 
 import torch
 
-from grpo_cli.checkpoint import is_checkpoint, verify
-from grpo_cli.clock import derived_seed
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, PromptSet, load_pairs, lookup, with_reference
 from grpo_cli.environments import episode_spec
 from grpo_cli.errors import UserError
-from grpo_cli.evaluate import evaluate, sample_and_score
-from grpo_cli.learner import Learner
 from grpo_cli.metrics import console, headline, results_table
-from grpo_cli.objectives import OBJECTIVES, sampler_preflight
-from grpo_cli.offline import group_figures, sums_of
 from grpo_cli.rewards.scoring import RewardSet
-from grpo_cli.rundir import require_writable_file
-from grpo_cli.runtime import (
+from grpo_cli.run_folder.admission import require_writable_file
+from grpo_cli.run_folder.checkpoint import is_checkpoint, verify
+from grpo_cli.training.clock import derived_seed
+from grpo_cli.training.evaluate import evaluate, sample_and_score
+from grpo_cli.training.learner import Learner
+from grpo_cli.training.objectives import OBJECTIVES, sampler_preflight
+from grpo_cli.training.offline import group_figures, sums_of
+from grpo_cli.training.runtime import (
     DTYPES,
     load_eval_prompts,
     load_tokenizer,

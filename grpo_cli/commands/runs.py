@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from grpo_cli.checkpoint import CHECKPOINTS_DIR
 from grpo_cli.errors import UserError
-from grpo_cli.run_listing import ACCURACY_KEYS, RunInfo, list_runs
-from grpo_cli.rundir import describe_holder
+from grpo_cli.run_folder.layout import CHECKPOINTS_DIR
+from grpo_cli.run_folder.listing import ACCURACY_KEYS, RunInfo, list_runs
+from grpo_cli.run_folder.lock import describe_holder
 
 USAGE = "usage: grpo runs [DIR]   (DIR: a folder of run folders, searched through; default runs)"
 DEFAULT_ROOT = "runs"

@@ -20,8 +20,8 @@ from grpo_cli.data import lookup, read_jsonl, with_reference
 from grpo_cli.errors import UserError
 from grpo_cli.metrics import console, results_table
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
-from grpo_cli.rundir import require_writable_file
-from grpo_cli.runtime import load_tokenizer
+from grpo_cli.run_folder.admission import require_writable_file
+from grpo_cli.training.runtime import load_tokenizer
 
 CHUNK = 512  # rows per scoring pass: bounds memory, keeps the progress line moving
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 
 from grpo_cli.config import GrpoConfig
-from grpo_cli.driver import train
 from grpo_cli.metrics import console, headline, results_table
-from grpo_cli.rundir import write_summary
+from grpo_cli.run_folder.admission import write_summary
+from grpo_cli.training.driver import train
 
 
 def run(cfg: GrpoConfig, config_yaml: str, overrides: list[str]) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from grpo_cli.config import GrpoConfig
 from grpo_cli.environments import episode_spec, probe
 from grpo_cli.metrics import console
-from grpo_cli.objectives import plan_start
 from grpo_cli.rewards.scoring import RewardSet, reward_columns
-from grpo_cli.runtime import (
+from grpo_cli.training.objectives import plan_start
+from grpo_cli.training.runtime import (
     check_model,
     load_and_report,
     load_eval_prompts,

@@ -23,14 +23,14 @@ from grpo_cli.algorithms.preference import (
     PairLogprobs,
     pair_losses,
 )
-from grpo_cli.clock import step_indices
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, load_pairs
-from grpo_cli.distributed import Ranks
 from grpo_cli.errors import UserError
-from grpo_cli.learner import Learner
 from grpo_cli.metrics import StepResult
-from grpo_cli.runtime import DTYPES, load_tokenizer, pick_device
+from grpo_cli.training.clock import step_indices
+from grpo_cli.training.distributed import Ranks
+from grpo_cli.training.learner import Learner
+from grpo_cli.training.runtime import DTYPES, load_tokenizer, pick_device
 from grpo_cli.types import Sequences, left_pad
 
 
@@ -53,7 +53,7 @@ class PairEvaluation:
 
 
 @dataclass
-class PreferenceRun:
+class PreferenceJob:
     """The driver's job for the preference objective. ref_train / ref_held_out: [P, 2] cached
     reference sums (chosen, rejected)."""
 
@@ -141,7 +141,7 @@ def as_pairs(sums: torch.Tensor, ref: torch.Tensor, groups: torch.Tensor) -> Pai
                         groups=groups.to(sums.device))
 
 
-def preference_step(run: PreferenceRun, step: int) -> dict[str, float]:
+def preference_step(run: PreferenceJob, step: int) -> dict[str, float]:
     """One mini-batch of trainer.prompts_per_step pairs: weights, policy step, metrics.
 
     When the mini-batch is one micro-batch, one pass gives the losses and their gradient. Else
@@ -171,12 +171,12 @@ def preference_step(run: PreferenceRun, step: int) -> dict[str, float]:
     return finish_step(run, losses.detach(), pairs.margins().detach(), groups, alpha)
 
 
-def finish_step(run: PreferenceRun, per_pair, margins, groups, alpha) -> dict[str, float]:
+def finish_step(run: PreferenceJob, per_pair, margins, groups, alpha) -> dict[str, float]:
     """Step (unless non-finite), keep α, and the metrics of the step."""
     update = run.learner.apply_gradients(loss_finite=bool(torch.isfinite(per_pair).all()))
     if update["update/nonfinite"] == 0.0:
         run.state.alpha = alpha.detach().double().cpu()
-    metrics = {"loss": float(per_pair.mean()), "loss/total": float(per_pair.mean()), "grad_norm": update["grad_norm"],
+    metrics = {"loss/total": float(per_pair.mean()), "grad_norm": update["grad_norm"],
                "lr": update["lr"], "update/nonfinite": update["update/nonfinite"],
                "rewards/margin": run.cfg.algorithm.preference.beta * float(margins.mean()),
                "rewards/accuracy": float((margins > 0).float().mean())}
@@ -199,7 +199,7 @@ def group_figures(sums: torch.Tensor, ref: torch.Tensor, pairs: PairSet) -> Pair
     return PairEvaluation(groups, worst_group_accuracy=min(accuracies), mean_group_accuracy=sum(accuracies) / len(accuracies))
 
 
-def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> PreferenceRun:
+def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> PreferenceJob:
     """Tokenizer, pairs, learner, and the reference sums computed once from the base model."""
     device, dtype = pick_device(cfg.device), DTYPES[cfg.model.dtype]
     torch.manual_seed(cfg.seed)
@@ -213,5 +213,5 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Pref
                                                      tokenizer.pad_token_id)
                   for pairs in (train_pairs, held_out)]
     learner.drop_reference()  # cached: the reference model is not needed again
-    return PreferenceRun(cfg, tokenizer, train_pairs, held_out, learner, cached[0], cached[1],
+    return PreferenceJob(cfg, tokenizer, train_pairs, held_out, learner, cached[0], cached[1],
                          GroupState.uniform(train_pairs.sizes()), ranks or Ranks())

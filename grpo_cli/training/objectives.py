@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from grpo_cli import checkpoint
 from grpo_cli.config import GrpoConfig
 from grpo_cli.errors import UserError
-from grpo_cli.rundir import check_run_dir
-from grpo_cli.runtime import pick_device
+from grpo_cli.run_folder import checkpoint
+from grpo_cli.run_folder.admission import check_run_dir
 from grpo_cli.sampler import engine
+from grpo_cli.training.runtime import pick_device
 
 
 def sampler_preflight(cfg: GrpoConfig) -> None:
@@ -50,9 +50,9 @@ class Objective:
 
 # algorithm.objective
 OBJECTIVES = {
-    "rl": Objective(job_module="grpo_cli.rl", preflight=sampler_preflight, kl_term=True, held_out="prompts"),
+    "rl": Objective(job_module="grpo_cli.training.rl", preflight=sampler_preflight, kl_term=True, held_out="prompts"),
     # The reference enters through the margin h, with its strength in algorithm.preference.beta.
-    "preference": Objective(job_module="grpo_cli.offline", preflight=single_process_preflight, kl_term=False,
+    "preference": Objective(job_module="grpo_cli.training.offline", preflight=single_process_preflight, kl_term=False,
                             held_out="pairs"),
 }
 

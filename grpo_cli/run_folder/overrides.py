@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from grpo_cli.errors import one_line
+from grpo_cli.run_folder.layout import OVERRIDES_FILE
 
-OVERRIDES_FILE = "overrides.yaml"
 # Where the run lies and how it starts: set by the command that resumes or evaluates it.
 PLACEMENT_KEYS = ("output_dir", "resume", "overwrite")
 

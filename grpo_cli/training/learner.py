@@ -3,9 +3,9 @@
 Log-probs are recomputed in fp32 at the sampling temperature (docs/algorithms.md §1.2). The
 update runs μ epochs over shuffled mini-batches (docs/algorithms.md §2.4); each mini-batch is one optimizer step
 whose loss normalisers are counted over the whole mini-batch before it is split into
-micro-batches, so the accumulated gradient equals the full-batch gradient (docs/algorithms.md §1.4). With μ = 1
-and one mini-batch the learner skips recomputing ℓ_old and uses ℓ.detach() (ratio ≡ 1), as
-TRL does.
+micro-batches, so the accumulated gradient equals the full-batch gradient (docs/algorithms.md §1.4).
+The learner runs whatever loss it is handed (MicroBatchLoss); what that loss needs and
+measures is the objective's business (algorithms/rl_loss.py for RL, offline.py for pairs).
 
 Under torchrun the policy and reference are sharded with FSDP2 (distributed.py); every rank
 holds the global batch, computes the normalisers on it, and back-propagates its own share.
@@ -17,21 +17,32 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from grpo_cli import checkpoint, distributed, lora
-from grpo_cli.algorithms import KL_PLACEMENTS, compute_loss
-from grpo_cli.algorithms.offpolicy import IS_WEIGHT_MAX, lag_tokens, offpolicy_metrics
+from grpo_cli.algorithms.stage_io import LossNormalisers, LossOutput
 from grpo_cli.config import GrpoConfig
-from grpo_cli.distributed import Ranks
-from grpo_cli.logprobs import sequence_logprobs
 from grpo_cli.model_source import load_causal_lm
-from grpo_cli.types import BatchLogprobs, LossNormalisers, LossInputs, Sequences, TrainBatch
+from grpo_cli.run_folder.layout import ADAPTER_DIR
+from grpo_cli.training import distributed, lora
+from grpo_cli.training.distributed import Ranks
+from grpo_cli.training.logprobs import sequence_logprobs
+from grpo_cli.types import Sequences, TrainBatch
 
-# The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (docs/algorithms.md §8.1).
-MAX_GAP = "mismatch/max_abs_logprob_gap"
-MAX_KEYS = {MAX_GAP, IS_WEIGHT_MAX}
+
+class MicroBatchLoss(Protocol):
+    """An objective's loss as the learner runs it (algorithms.rl_loss.RLLoss for RL):
+    normalisers counted over a mini-batch, then per micro-batch its share of the loss and of
+    each metric, from ℓ [b, C] with gradient and the entropy [b, C]. Metrics named in
+    max_keys are reduced by max, every other one adds up."""
+
+    max_keys: frozenset[str]
+
+    def normalisers(self, batch: TrainBatch) -> LossNormalisers: ...
+
+    def __call__(self, micro: TrainBatch, logprobs: torch.Tensor, entropy: torch.Tensor,
+                 norm: LossNormalisers) -> LossOutput: ...
 
 
 # trainer.schedule: the learning-rate multiplier after warm-up, from progress in [0, 1+].
@@ -75,7 +86,7 @@ class Export:
             self.weights = {k: v for k, v in self.weights.items() if k not in tied_duplicates(self.model)}
         self.model.save_pretrained(folder, safe_serialization=True, state_dict=self.weights)
         if self.adapter_model is not None:
-            self.adapter_model.save_pretrained(folder / checkpoint.ADAPTER_DIR, state_dict=self.adapter_weights)
+            self.adapter_model.save_pretrained(folder / ADAPTER_DIR, state_dict=self.adapter_weights)
 
 
 def tied_duplicates(model) -> set[str]:
@@ -90,8 +101,8 @@ def tied_duplicates(model) -> set[str]:
 
 
 class Learner:
-    """The public face: `logprobs` (ℓ_old, ℓ_ref before an update), `update` (μ epochs of
-    optimizer steps on a TrainBatch), and for objectives with their own loss `forward_logprobs`,
+    """The public face: `policy_logprobs` / `reference_logprobs` (without gradient), `update`
+    (μ epochs of optimizer steps of a MicroBatchLoss on a TrainBatch), and for objectives with their own loss `forward_logprobs`,
     `reference_model`, `backward` and `apply_gradients`; `weights` / `export` for the sampler
     and checkpoints; `state_dict` / `load_state_dict` to resume."""
 
@@ -114,7 +125,6 @@ class Learner:
         self.model = disable_dropout(lora.attach(base, cfg.model.lora, policy_path) if self.uses_lora else base)
         self.lora_scalings = lora.scalings(self.model) if self.uses_lora else {}
         self.model.train()  # for gradient checkpointing; dropout is off
-        self.needs_reference = needs_reference
         self.reference = None
         if needs_reference and not self.uses_lora:
             self.reference = self._load(cfg.model.name_or_path, dtype).eval().requires_grad_(False)
@@ -148,7 +158,7 @@ class Learner:
 
     def drop_reference(self) -> None:
         """Free the reference once an objective has what it needs from it (cached log-probs)."""
-        self.reference, self.needs_reference = None, False
+        self.reference = None
 
     @torch.no_grad()
     def reset_reference(self, alpha: float) -> None:
@@ -230,19 +240,12 @@ class Learner:
         """ℓ of the current policy, [N, C] (0 off the loss mask), without gradient."""
         return self._logprobs_of(self.model, batch)
 
-    def logprobs(self, batch: Sequences) -> BatchLogprobs:
-        """ℓ_old (unless μ = 1 with one mini-batch and no KL in the reward) and ℓ_ref (when
-        the objective has a reference), [N, C] each, before the update."""
-        a = self.cfg.algorithm
-        kl_in_reward = a.kl_coef > 0 and KL_PLACEMENTS[a.kl_in].in_reward
-        needs_old = a.epochs > 1 or a.mini_batches > 1 or kl_in_reward
-        old = self.policy_logprobs(batch) if needs_old else None
-        if not self.needs_reference:
-            return BatchLogprobs(old_logprobs=old)
+    def reference_logprobs(self, batch: Sequences) -> torch.Tensor:
+        """ℓ_ref of the frozen reference, [N, C] (0 off the loss mask)."""
         with self.reference_model() as reference:
-            return BatchLogprobs(old_logprobs=old, ref_logprobs=self._logprobs_of(reference, batch))
+            return self._logprobs_of(reference, batch)
 
-    def update(self, batch: TrainBatch, seed: int) -> dict[str, float]:
+    def update(self, batch: TrainBatch, seed: int, loss: MicroBatchLoss) -> dict[str, float]:
         """μ epochs of optimizer steps over mini-batches; returns metrics averaged over steps."""
         a = self.cfg.algorithm
         generator = torch.Generator().manual_seed(seed)
@@ -250,45 +253,27 @@ class Learner:
         for _ in range(a.epochs):
             order = torch.randperm(len(batch), generator=generator)
             for index in order.chunk(a.mini_batches):
-                per_step.append(self.optimizer_step(batch.select(index)))
+                per_step.append(self.optimizer_step(batch.select(index), loss))
         merged = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
-        for key in MAX_KEYS & merged.keys():
+        for key in loss.max_keys & merged.keys():
             merged[key] = max(m[key] for m in per_step)
         return merged
-
-    def loss_normalisers(self, batch: TrainBatch) -> LossNormalisers:
-        lengths = batch.loss_mask.sum(-1)
-        budget = self.cfg.algorithm.length_norm or self.cfg.sampler.max_new_tokens
-        return LossNormalisers(num_sequences=int((lengths > 0).sum()), num_tokens=int(lengths.sum()),
-                         length_norm=float(budget))
 
     def backward(self, loss: torch.Tensor) -> None:
         """Add a micro-batch's share of the loss to .grad. FSDP averages gradients over ranks;
         each rank's loss is its share of a sum."""
         (loss * self.ranks.world).backward()
 
-    def accumulate_gradients(self, batch: TrainBatch, norm: LossNormalisers) -> dict[str, float]:
+    def accumulate_gradients(self, batch: TrainBatch, loss: MicroBatchLoss, norm: LossNormalisers) -> dict[str, float]:
         """Backward over micro-batches; leaves the mini-batch gradient in .grad."""
         metrics: dict[str, float] = {}
-        lags = lag_tokens(batch.policy_lag, batch.loss_mask) if batch.policy_lag is not None else None
         for _, micro in self._rank_micro_batches(batch):
             logprobs, entropy = self.forward_logprobs(self.model, micro, self.temperature, with_entropy=True)
-            old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-            inputs = LossInputs(logprobs=logprobs, old_logprobs=old, ref_logprobs=micro.ref_logprobs,
-                                sampler_logprobs=micro.sampler_logprobs, advantages=micro.advantages,
-                                loss_mask=micro.loss_mask)
-            out = compute_loss(inputs, self.cfg.algorithm, norm)
+            out = loss(micro, logprobs, entropy, norm)
             self.backward(out.loss)
-            gap = (logprobs.detach() - micro.sampler_logprobs).abs() * micro.loss_mask
-            sums = torch.stack([(entropy * micro.loss_mask).sum(), gap.sum(), gap.max()]).tolist()
-            out.metrics["entropy"] = sums[0] / max(1, norm.num_tokens)
-            out.metrics["mismatch/abs_logprob_gap"] = sums[1] / max(1, norm.num_tokens)
-            out.metrics[MAX_GAP] = sums[2]
-            if lags is not None:
-                out.metrics.update(offpolicy_metrics(inputs, out.clipped, micro.policy_lag, lags, self.cfg.algorithm))
             for key, value in out.metrics.items():
-                metrics[key] = max(metrics.get(key, 0.0), value) if key in MAX_KEYS else metrics.get(key, 0.0) + value
-        return self.ranks.reduce_metrics(metrics, MAX_KEYS)
+                metrics[key] = max(metrics.get(key, 0.0), value) if key in loss.max_keys else metrics.get(key, 0.0) + value
+        return self.ranks.reduce_metrics(metrics, loss.max_keys)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,11 +292,11 @@ class Learner:
         return {"update/nonfinite": 0.0 if finite else 1.0, "grad_norm": float(grad_norm),
                 "lr": self.scheduler.get_last_lr()[0]}
 
-    def optimizer_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step of the configured policy loss on a mini-batch."""
+    def optimizer_step(self, batch: TrainBatch, loss: MicroBatchLoss) -> dict[str, float]:
+        """One optimizer step of `loss` on a mini-batch."""
         self.zero_grad()
-        norm = self.loss_normalisers(batch)
-        metrics = self.accumulate_gradients(batch, norm)
+        norm = loss.normalisers(batch)
+        metrics = self.accumulate_gradients(batch, loss, norm)
         finite = all(math.isfinite(v) for v in metrics.values())
         return {**metrics, **self.apply_gradients(finite, any_tokens=norm.num_tokens > 0)}
 

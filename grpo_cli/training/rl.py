@@ -22,20 +22,22 @@ from grpo_cli.algorithms.aggregation import reward_advantage_metrics
 from grpo_cli.algorithms.filters import DifficultyTracker, FilterContext, Selection
 from grpo_cli.algorithms.kl import reward_penalty
 from grpo_cli.algorithms.offpolicy import staleness_metrics
+from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.algorithms.stats import group_stats
-from grpo_cli.clock import derived_seed, is_due, round_prompts
 from grpo_cli.completion_samples import sample_rows
 from grpo_cli.config import AlgorithmConfig, GrpoConfig
 from grpo_cli.data import PromptSet
-from grpo_cli.distributed import Ranks, local_device
 from grpo_cli.environments import EpisodeSpec, episode_spec, run_episodes
 from grpo_cli.errors import UserError
-from grpo_cli.evaluate import EvalResult, EvalSamples, sample_and_score
-from grpo_cli.learner import Learner
 from grpo_cli.metrics import StepResult, console
 from grpo_cli.rewards.scoring import RewardSet
-from grpo_cli.rollout_worker import Lookahead, RolloutWorker, sampler_device, split_threads
-from grpo_cli.runtime import (
+from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
+from grpo_cli.training.clock import derived_seed, is_due, round_prompts
+from grpo_cli.training.distributed import Ranks, local_device
+from grpo_cli.training.evaluate import EvalResult, EvalSamples, sample_and_score
+from grpo_cli.training.learner import Learner
+from grpo_cli.training.rollout_worker import Lookahead, RolloutWorker, sampler_device, split_threads
+from grpo_cli.training.runtime import (
     DTYPES,
     load_and_report,
     load_eval_prompts,
@@ -44,12 +46,11 @@ from grpo_cli.runtime import (
     pick_device,
     sampling_params,
 )
-from grpo_cli.sampler import Sampler, SamplingParams, prompt_seeds
-from grpo_cli.types import PromptBatch, Rollouts, Scores, Sequences, TrainBatch
+from grpo_cli.types import BatchLogprobs, PromptBatch, Rollouts, Scores, Sequences, TrainBatch
 
 
 @dataclass
-class Run:
+class RLJob:
     """Everything a step needs, built once by `build`; the driver's job for the RL objective."""
 
     cfg: GrpoConfig
@@ -58,6 +59,7 @@ class Run:
     eval_prompts: PromptSet | None
     rewards: RewardSet
     learner: Learner
+    loss: RLLoss
     sampler: Sampler
     train_params: SamplingParams
     eval_params: SamplingParams
@@ -98,7 +100,7 @@ class Run:
         self.sampler.close()  # before the process group goes: a vLLM engine under torchrun uses it
 
 
-def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
+def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> RLJob:
     """Tokenizer, prompts, rewards, learner and sampler for a training run (this rank's, under torchrun)."""
     ranks = ranks or Ranks()
     if cfg.trainer.prompts_per_step < ranks.world:
@@ -111,8 +113,9 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
     eval_prompts = load_eval_prompts(cfg, tokenizer)
     rewards = RewardSet(cfg.reward, tokenizer)
     optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+    loss = RLLoss(cfg.algorithm, cfg.sampler.max_new_tokens)
     make_learner = functools.partial(Learner, cfg, device, DTYPES[cfg.model.dtype], optimizer_steps,
-                                     policy_path=policy_path, ranks=ranks, needs_reference=cfg.algorithm.kl_coef > 0)
+                                     policy_path=policy_path, ranks=ranks, needs_reference=loss.needs_reference)
     train_params, eval_params = sampling_params(cfg)
     lookahead = None
     if cfg.trainer.max_staleness == 0:
@@ -121,8 +124,8 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> Run:
     else:
         learner, sampler = start_async(cfg, policy_path, device, ranks, make_learner)
         lookahead = Lookahead(sampler, train_prompts, train_params, cfg)
-    return Run(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
-               rewards=rewards, learner=learner, sampler=sampler, train_params=train_params,
+    return RLJob(cfg=cfg, tokenizer=tokenizer, train_prompts=train_prompts, eval_prompts=eval_prompts,
+               rewards=rewards, learner=learner, loss=loss, sampler=sampler, train_params=train_params,
                eval_params=eval_params, difficulty=DifficultyTracker(cfg.algorithm.gfpo.adaptive_window), ranks=ranks,
                episodes=episode_spec(cfg.environment, tokenizer), lookahead=lookahead)
 
@@ -141,7 +144,7 @@ def start_async(cfg: GrpoConfig, policy_path: str, device: torch.device, ranks: 
     return learner, RolloutWorker(cfg, policy_path, where, learner.weights(), sampler_threads)
 
 
-def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
+def train_step(run: RLJob, step: int, samples: int = 0) -> StepResult:
     """One generation round (more for dynamic sampling) and its updates; the metrics, and the
     completions of `samples` prompts with their rewards and advantages."""
     cfg, algorithm, clock = run.cfg, run.cfg.algorithm, Stopwatch()
@@ -156,7 +159,7 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
     rollouts, scores, selected = rollouts.select(selection.kept), scores.select(selection.kept), selection.selected[selection.kept]
     run.sampler.sleep()  # the learner's turn on the GPU; the push wakes the weights again
     batch, advantage_metrics = update_batch(run, step, rollouts, scores, selected, clock)
-    update = run.learner.update(batch, seed=derived_seed(cfg.seed, step, 1))
+    update = run.learner.update(batch, derived_seed(cfg.seed, step, 1), run.loss)
     if is_due(algorithm.ref_reset_every, step + 1):
         run.learner.reset_reference(algorithm.ref_mix_alpha)
     clock.lap("update")
@@ -167,7 +170,7 @@ def train_step(run: Run, step: int, samples: int = 0) -> StepResult:
     return StepResult({**logged, **advantage_metrics, **update, **clock.metrics(rollouts)}, shown)
 
 
-def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, selected: torch.Tensor,
+def update_batch(run: RLJob, step: int, rollouts: Rollouts, scores: Scores, selected: torch.Tensor,
                  clock: "Stopwatch") -> tuple[TrainBatch, dict[str, float]]:
     """The kept rollouts as the update takes them: token sequences, the learner's (and the
     reference's) log-probs, per-token advantages; and each reward's share of the advantage
@@ -176,7 +179,7 @@ def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, select
     sequences = Sequences.from_rollouts(rollouts, algorithm.overlong_filter)
     if run.lookahead is not None:
         sequences.policy_lag = step - rollouts.policy_version  # the learner holds version `step`
-    logprobs = run.learner.logprobs(sequences)
+    logprobs = logprobs_before_update(run.learner, run.loss, sequences)
     clock.lap("logprobs")
     kl_penalty = reward_penalty(logprobs, sequences.loss_mask, algorithm)
     inputs = AdvantageInputs.from_scores(scores, selected, rollouts.group_ids, sequences.loss_mask, kl_penalty,
@@ -185,7 +188,13 @@ def update_batch(run: Run, step: int, rollouts: Rollouts, scores: Scores, select
     return TrainBatch.assemble(sequences, advantages, logprobs), reward_advantage_metrics(inputs, algorithm)
 
 
-def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
+def logprobs_before_update(learner: Learner, loss: RLLoss, sequences: Sequences) -> BatchLogprobs:
+    """ℓ_old and ℓ_ref, [N, C] each, where the loss needs them (None where it does not)."""
+    old = learner.policy_logprobs(sequences) if loss.needs_old_logprobs else None
+    return BatchLogprobs(old_logprobs=old, ref_logprobs=learner.reference_logprobs(sequences) if loss.needs_reference else None)
+
+
+def sample_round(run: RLJob, step: int, round_: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection]:
     """Generate for one slice of prompts (or take the batch generated ahead), score and filter."""
     cfg = run.cfg
     batch, rollouts = run.lookahead.take(step) if run.lookahead is not None else generate(run, step, round_)
@@ -199,7 +208,7 @@ def sample_round(run: Run, step: int, round_: int, clock: "Stopwatch") -> tuple[
     return rollouts, scores, GROUP_FILTERS[cfg.algorithm.group_filter](rollouts, scores, cfg.algorithm, context)
 
 
-def generate(run: Run, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
+def generate(run: RLJob, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
     """This rank's prompts of the round and their rollouts, from the current weights. Round 0
     walks the data in seeded epochs; refill rounds draw fresh prompts from their own seeded stream."""
     rows, seed = round_prompts(len(run.train_prompts), run.cfg.trainer.prompts_per_step, step, round_, run.cfg.seed)
@@ -209,7 +218,7 @@ def generate(run: Run, step: int, round_: int) -> tuple[PromptBatch, Rollouts]:
     return batch, run_episodes(run.sampler, batch, run.train_params, prompt_seeds(seed, mine), run.episodes)
 
 
-def collect(run: Run, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
+def collect(run: RLJob, step: int, clock: "Stopwatch") -> tuple[Rollouts, Scores, Selection, dict[str, float]]:
     """Sample rounds until prompts_per_step groups keep a completion or max_sampling_rounds is
     reached (DAPO's dynamic sampling, docs/algorithms.md §4.2); kept groups beyond the target are
     discarded, not carried over, and a short batch trains with a warning. Synchronously every

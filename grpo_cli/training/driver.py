@@ -2,7 +2,7 @@
 
 It owns what every objective shares: the resume point, the run folder, metrics.jsonl and the
 progress bar, evaluation and checkpoint cadence, SIGINT / SIGTERM, the non-finite guard and the
-summary. An objective hands it a job (rl.Run, offline.PreferenceRun) that knows how to take
+summary. An objective hands it a job (rl.RLJob, offline.PreferenceJob) that knows how to take
 one step, evaluate, and keep its own state in a checkpoint; nothing else differs.
 """
 
@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from importlib import import_module
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
-from grpo_cli import checkpoint, distributed
-from grpo_cli.clock import is_due
 from grpo_cli.completion_samples import samples_table, write_samples
 from grpo_cli.config import GrpoConfig
-from grpo_cli.distributed import Ranks
 from grpo_cli.errors import RunStopped, UserError
-from grpo_cli.learner import Learner
 from grpo_cli.loggers import Loggers
-from grpo_cli.metrics import METRICS_FILE, MetricsFile, ProgressBar, StepResult, console
-from grpo_cli.objectives import OBJECTIVES, plan_start, saved_by
-from grpo_cli.overrides import read_overrides, resume_command
-from grpo_cli.rundir import RunLock, prepare_run_dir
-from grpo_cli.shutdown import StopRequest
+from grpo_cli.metrics import MetricsFile, ProgressBar, StepResult, console
+from grpo_cli.run_folder import checkpoint
+from grpo_cli.run_folder.admission import prepare_run_dir
+from grpo_cli.run_folder.layout import METRICS_FILE, STATE_FILE, step_dir
+from grpo_cli.run_folder.lock import RunLock
+from grpo_cli.run_folder.overrides import read_overrides, resume_command
+from grpo_cli.training import distributed
+from grpo_cli.training.clock import is_due
+from grpo_cli.training.distributed import Ranks
+from grpo_cli.training.learner import Learner
+from grpo_cli.training.objectives import OBJECTIVES, plan_start, saved_by
+from grpo_cli.training.shutdown import StopRequest
 
 
 class Evaluation(Protocol):
@@ -153,7 +156,7 @@ def save_checkpoint(job: Job, step: int, base: dict | None) -> Path:
     """Every rank takes part in gathering the sharded state; rank 0 writes it."""
     state = {"learner": job.learner.state_dict(), **job.state_dict(), "base_eval": base, "saved_by": saved_by(job.cfg)}
     policy = job.learner.export()
-    path = checkpoint.checkpoint_root(job.cfg.output_dir) / f"step_{step}"
+    path = step_dir(job.cfg.output_dir, step)
     if job.ranks.main:
         path = checkpoint.save(job.cfg.output_dir, step, policy, job.tokenizer, state, keep_last=job.cfg.trainer.keep_last)
     job.ranks.barrier()
@@ -167,7 +170,7 @@ def restore(job: Job, resume_from: Path) -> tuple[int, dict | None]:
     try:
         job.load_state_dict(state)  # first: it refuses a checkpoint that does not fit the data
     except KeyError as missing:  # saved before checkpoints named their objective (saved_by)
-        raise UserError(f"checkpoint {resume_from} has no {missing} in its {checkpoint.STATE_FILE}: it was saved by "
+        raise UserError(f"checkpoint {resume_from} has no {missing} in its {STATE_FILE}: it was saved by "
                         f"another kind of run than {job.cfg.algorithm.name}; resume it with its own settings") from None
     job.learner.load_state_dict(state["learner"])
     checkpoint.restore_rng(state["rng"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from grpo_cli import config
-from grpo_cli.checkpoint import ADAPTER_DIR
+from grpo_cli.run_folder.layout import ADAPTER_DIR
 
 
 def attach(model, lora_cfg: config.LoraConfig, adapter_from: str | None = None):

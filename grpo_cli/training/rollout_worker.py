@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_cli.clock import round_prompts
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PromptSet
 from grpo_cli.environments import episode_spec, run_episodes
 from grpo_cli.errors import UserError
-from grpo_cli.runtime import load_tokenizer, make_sampler, quiet_libraries
 from grpo_cli.sampler import SamplingParams, prompt_seeds
+from grpo_cli.training.clock import round_prompts
+from grpo_cli.training.runtime import load_tokenizer, make_sampler, quiet_libraries
 from grpo_cli.types import PromptBatch, Rollouts
 
 POLL_SECONDS = 1.0  # how often a waiting side looks whether the other is still alive

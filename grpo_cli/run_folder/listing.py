@@ -5,7 +5,7 @@ its algorithm and model (config.yaml), the steps done (the last step in metrics.
 planned (trainer.steps), its newest complete checkpoint (checkpoint.list_checkpoints), its best
 held-out accuracy and the step of it, and its status:
 
-- running: a live process holds its .lock (rundir.RunLock; probed, see lock_holder);
+- running: a live process holds its .lock (lock.RunLock; probed with lock.lock_holder);
 - finished: every planned step is done;
 - stopped: fewer steps than planned, with the command that resumes it when it has a checkpoint;
 - not started: no step done (a base-model evaluation may be there);
@@ -17,8 +17,6 @@ raised: one bad folder does not stop a listing.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,11 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from grpo_cli.checkpoint import CHECKPOINTS_DIR, list_checkpoints
 from grpo_cli.errors import one_line
-from grpo_cli.metrics import METRICS_FILE, parse_records
-from grpo_cli.overrides import read_overrides, resume_command
-from grpo_cli.rundir import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE, read_holder
+from grpo_cli.metrics import parse_records
+from grpo_cli.run_folder.checkpoint import list_checkpoints
+from grpo_cli.run_folder.layout import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from grpo_cli.run_folder.lock import lock_holder
+from grpo_cli.run_folder.overrides import read_overrides, resume_command
 
 # The held-out accuracy each objective logs: the RL objective's mean@k (evaluate.EvalResult),
 # the preference objective's preference accuracy averaged over groups (offline.PairEvaluation).
@@ -194,31 +193,3 @@ def _read_overrides(info: RunInfo) -> list[str]:
     except ValueError as error:
         info.problems.append(str(error))
         return []
-
-
-def lock_holder(run_dir: Path, problems: list[str] | None = None) -> dict | None:
-    """Who holds the run folder's lock (rundir.RunLock: an flock on .lock, which holds the
-    holder's pid, host and start time as JSON), or None when no live process does. Probed with
-    a shared, non-blocking flock, released at once; the file is only read, never made."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        if problems is not None:
-            problems.append(f"{LOCK_FILE} cannot be opened: {error.strerror}")
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            holder = read_holder(fd)
-            return holder if isinstance(holder, dict) else {}
-        if problems is not None:
-            problems.append(f"{LOCK_FILE} cannot be probed: {error.strerror}")
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)

@@ -2,7 +2,7 @@
 and sampler.
 
 Every failure a user can cause here (missing model, unreadable data) is raised as UserError
-with the fix in the message, before any training starts. The run folder's rules are in rundir.py.
+with the fix in the message, before any training starts. The run folder's rules are in run_folder/admission.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -20,16 +19,9 @@ import torch
 from safetensors import safe_open
 
 from grpo_cli.errors import UserError, one_line
+from grpo_cli.run_folder.layout import ADAPTER_DIR, STATE_FILE, STEP_DIR, checkpoint_root, run_folder_of, step_dir
 
-STATE_FILE = "trainer_state.pt"
-TOKENIZER_FILE = "tokenizer_config.json"
-ADAPTER_DIR = "adapter"  # lora.py saves the adapters there
-CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints: <run>/checkpoints/step_<N>
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR
+TOKENIZER_FILE = "tokenizer_config.json"  # what the tokenizer's save_pretrained always writes
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -39,7 +31,7 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
+        match = STEP_DIR.match(child.name)
         if match and (child / STATE_FILE).is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
@@ -49,7 +41,7 @@ def save(run_dir: str | Path, step: int, policy, tokenizer, trainer_state: dict,
     """`policy`: the learner's Export (writes the weights, and the adapters with LoRA)."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step}"
+    final = step_dir(run_dir, step)
     staging = root / f".tmp-step_{step}"
     shutil.rmtree(staging, ignore_errors=True)
     policy.write(staging)
@@ -82,13 +74,8 @@ def find_resume_point(run_dir: str | Path, resume: str | None) -> Path | None:
 
 def step_of(path: Path) -> int:
     """The step a checkpoint folder was saved after: its step_<N> name, else its trainer state."""
-    match = _STEP_DIR.match(Path(path).name)
+    match = STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else int(load_state(Path(path))["step"])
-
-
-def run_folder_of(path: Path) -> Path:
-    """The run folder a checkpoint belongs to (<run>/checkpoints/step_<N>)."""
-    return Path(path).resolve().parent.parent
 
 
 def load_state(path: Path) -> dict:
@@ -154,7 +141,7 @@ def _open_state(path: Path) -> tuple[dict | None, str | None]:
 
 def intact_before(path: Path) -> Path | None:
     """The newest checkpoint of the same run, older than `path`, whose files are whole."""
-    match = _STEP_DIR.match(Path(path).name)
+    match = STEP_DIR.match(Path(path).name)
     if match is None:
         return None
     older = [p for step, p in list_checkpoints(run_folder_of(path)) if step < int(match.group(1))]
