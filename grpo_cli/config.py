@@ -201,6 +201,7 @@ class TrainerConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
     logprob_chunk: int = 0  # completion positions per output-layer chunk; 0 = all at once (fine for small vocabularies)
+    share_prompts: bool = True  # each distinct prompt of a micro-batch computed once (off under gradient checkpointing)
     save_every: int = 0  # 0 = only at the end
     eval_every: int = 0  # 0 = only before and after training
     keep_last: int = 0  # 0 = keep every checkpoint

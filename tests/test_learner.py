@@ -37,7 +37,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(make_cfg, rollouts,
     noise = 0.3 * torch.randn(batch.old_logprobs.shape, generator=generator)
     batch.old_logprobs = (batch.old_logprobs + noise) * batch.loss_mask  # ratios away from 1: some clip
     batch.advantages = torch.randn(len(batch), 1, generator=generator) * batch.loss_mask
-    learner.cfg.trainer.micro_batch_size = len(batch)
+    learner.cfg.trainer.micro_batch_size, learner.cfg.trainer.micro_batch_tokens = len(batch), 0  # one micro-batch
     full, full_metrics = gradient(learner, batch)
     key, value = split.split("=")
     setattr(learner.cfg.trainer, key, int(value))

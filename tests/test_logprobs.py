@@ -1,28 +1,33 @@
-"""Chunked log-probs (output layer a slice of positions at a time, checkpointed) equal the
-whole computation in value, entropy and gradient, on the shipped model and real padding."""
+"""Chunked log-probs (output layer a slice of positions at a time, checkpointed) and shared
+prompts (each distinct prompt computed once) equal the whole computation in value, entropy and
+gradient, on the shipped model and real padding."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from grpo_cli.training.logprobs import sequence_logprobs
+from grpo_cli.training.logprobs import distinct_prompts, sequence_logprobs
 from grpo_cli.types import TrainBatch
 
 from conftest import TINY
 
 
+def padded_batch(pad: int, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> TrainBatch:
+    """Prompts left-padded, completions right-padded, as the learner gets them."""
+    p_width, c_width = max(map(len, prompt_ids)), max(map(len, completion_ids))
+    ids = torch.tensor([[pad] * (p_width - len(p)) + p + c + [pad] * (c_width - len(c))
+                        for p, c in zip(prompt_ids, completion_ids)])
+    mask = torch.tensor([[0] * (p_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (c_width - len(c))
+                         for p, c in zip(prompt_ids, completion_ids)])
+    loss_mask = torch.tensor([[1.0] * len(c) + [0.0] * (c_width - len(c)) for c in completion_ids])
+    return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
+                      advantages=torch.zeros_like(loss_mask), sampler_logprobs=torch.zeros_like(loss_mask))
+
+
 def batch_of(tokenizer) -> TrainBatch:
     prompts = [tokenizer("3+4+12=")["input_ids"], tokenizer("5+1=")["input_ids"]]
     completions = [tokenizer("3+4=7\n7+12=19\nAnswer: 19")["input_ids"], tokenizer("Answer: 6")["input_ids"]]
-    p_width, c_width = max(map(len, prompts)), max(map(len, completions))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (p_width - len(p)) + p + c + [pad] * (c_width - len(c))
-                        for p, c in zip(prompts, completions)])
-    mask = torch.tensor([[0] * (p_width - len(p)) + [1] * (len(p) + len(c)) + [0] * (c_width - len(c))
-                         for p, c in zip(prompts, completions)])
-    loss_mask = torch.tensor([[1.0] * len(c) + [0.0] * (c_width - len(c)) for c in completions])
-    return TrainBatch(input_ids=ids, attention_mask=mask, loss_mask=loss_mask,
-                      advantages=torch.zeros_like(loss_mask), sampler_logprobs=torch.zeros_like(loss_mask))
+    return padded_batch(tokenizer.pad_token_id, prompts, completions)
 
 
 @pytest.mark.parametrize("chunk, temperature", [(1, 1.0), (4, 0.7), (1000, 1.0)])
@@ -41,3 +46,47 @@ def test_chunked_equals_whole(tokenizer, chunk, temperature):
     # Summed chunk by chunk instead of in one matmul: equal up to float32 rounding.
     assert whole_grad.norm() > 0
     assert (chunked_grad - whole_grad).norm() / whole_grad.norm() < 1e-6
+
+
+def grouped_batch(tokenizer) -> TrainBatch:
+    """Two prompts of different lengths (left padding), each repeated with completions of
+    different lengths (right padding), rows interleaved as a shuffled mini-batch has them."""
+    prompts = ["3+4+12=", "5+1=", "3+4+12=", "5+1=", "5+1="]
+    completions = ["3+4=7\n7+12=19\nAnswer: 19", "Answer: 6", "Answer: 19", "1+5=6\nAnswer: 6", "Answer: 7"]
+    return padded_batch(tokenizer.pad_token_id, [tokenizer(p)["input_ids"] for p in prompts],
+                        [tokenizer(c)["input_ids"] for c in completions])
+
+
+def logprobs_and_gradient(model, batch: TrainBatch, **kwargs):
+    logprobs, entropy = sequence_logprobs(model, batch, 0.7, with_entropy=True, **kwargs)
+    weights = torch.arange(1, len(batch) + 1)[:, None]  # rows of one prompt weigh differently
+    (logprobs * batch.loss_mask * weights).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return logprobs.detach() * batch.loss_mask, entropy * batch.loss_mask, grads
+
+
+def test_distinct_prompts_map_every_row_to_its_own(tokenizer):
+    batch = grouped_batch(tokenizer)
+    prompt_ids, prompt_mask, inverse = distinct_prompts(batch)
+    width = prompt_ids.shape[1]
+    assert len(prompt_ids) == 2
+    assert torch.equal(prompt_ids[inverse], batch.input_ids[:, :width])
+    assert torch.equal(prompt_mask[inverse], batch.attention_mask[:, :width])
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_shared_prompts_equal_the_whole_computation(tokenizer, chunk):
+    """Each distinct prompt computed once: log-probs, entropy and gradient as every row computing
+    its own. In float64 the log-probs are equal and the gradient within 1e-6 (the log-softmax
+    runs in float32 either way, and the shared rows' float32 gradients are summed before the
+    cast); in float32 the attention rounds differently, by up to 4.3e-5 on this batch's
+    log-probs (1.6e-5 relative)."""
+    batch = grouped_batch(tokenizer)
+    for dtype, atol, grad_rtol in ((torch.float64, 1e-12, 1e-6), (torch.float32, 1e-4, 1e-4)):
+        whole = logprobs_and_gradient(AutoModelForCausalLM.from_pretrained(TINY, dtype=dtype), batch, chunk=chunk)
+        shared = logprobs_and_gradient(AutoModelForCausalLM.from_pretrained(TINY, dtype=dtype), batch, chunk=chunk,
+                                       share_prompts=True)
+        assert torch.allclose(shared[0], whole[0], rtol=1e-5, atol=atol), dtype
+        assert torch.allclose(shared[1], whole[1], rtol=1e-5, atol=atol), dtype
+        assert whole[2].norm() > 0
+        assert (shared[2] - whole[2]).norm() / whole[2].norm() < grad_rtol, dtype

@@ -25,7 +25,7 @@ from grpo_cli.run_folder.layout import CONFIG_FILE, OVERRIDES_FILE, SUMMARY_FILE
 # sampling, optimizer).
 RESUMABLE = ("trainer.steps", "trainer.save_every", "trainer.eval_every", "trainer.keep_last",
              "trainer.max_nonfinite_steps", "trainer.micro_batch_size", "trainer.micro_batch_tokens",
-             "trainer.logprob_chunk", "model.gradient_checkpointing", "sampler.batch_size", "sampler.threads",
+             "trainer.logprob_chunk", "trainer.share_prompts", "model.gradient_checkpointing", "sampler.batch_size", "sampler.threads",
              "reward.workers", "trainer.report_to", "trainer.log_samples", "trainer.log_samples_every", "eval.", "score.",
              "device", "resume", "overwrite", "output_dir")
 LEADING = (".name", ".name_or_path", ".path", ".objective")

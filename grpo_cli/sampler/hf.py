@@ -9,7 +9,8 @@ prompt's seed and its sample index, so what a prompt gets does not depend on whi
 prompts share its batch or its rank (the distributed run draws what a single process does,
 as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the draw is from the truncated
 distribution while the recorded log-prob is the full one, as the learner's is; correct for it
-with TIS/MIS or keep both filters off for training.
+with TIS/MIS or keep both filters off for training. Finished rows leave the batch as they
+accumulate, so the steps after most completions ended cost what the unfinished rows cost.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class HFSampler:
         return self._assemble(chunks, rows, group_ids)
 
     def _decode(self, rows: list[list[int]], params: SamplingParams, noise: list["RowNoise"]):
-        """Sample up to max_new_tokens per row: [b, c] tokens and log-probs, [b] lengths and finished."""
+        """Sample up to max_new_tokens per row: [b, c] tokens and log-probs, [b] lengths and finished.
+        Rows that finished leave the batch (and the KV cache) once they are an eighth of it:
+        each row's computation and draws are its own, so the others' results do not change."""
         ids, mask = left_pad(rows, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -109,27 +112,34 @@ class HFSampler:
         next_position = positions[:, -1:] + 1
         finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         lengths = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        tokens = torch.full((len(rows), params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros(len(rows), params.max_new_tokens, device=self.device)
+        alive = torch.arange(len(rows), device=self.device)  # the rows still in the batch, in its order
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
-        tokens, logprobs = [], []
         for t in range(params.max_new_tokens):
             scaled = out.logits[:, -1].float() / params.temperature
             probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
             if t % RowNoise.BLOCK == 0:
                 uniforms = torch.stack([row.next_block() for row in noise]).to(self.device)
-            drawn = inverse_cdf(probs, uniforms[:, t % RowNoise.BLOCK])
-            drawn = torch.where(finished, torch.full_like(drawn, self.pad_id), drawn)
+            done = finished[alive]
+            drawn = torch.where(done, self.pad_id, inverse_cdf(probs, uniforms[alive, t % RowNoise.BLOCK]))
             logprob = scaled.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
-            tokens.append(drawn)
-            logprobs.append(torch.where(finished, torch.zeros_like(logprob), logprob))
-            lengths += (~finished).long()
-            finished |= torch.isin(drawn, eos)
+            tokens[alive, t] = drawn
+            logprobs[alive, t] = torch.where(done, torch.zeros_like(logprob), logprob)
+            lengths[alive] += (~done).long()
+            finished[alive] = done | torch.isin(drawn, eos)
             if bool(finished.all()):
                 break
+            keep = ~finished[alive]
+            if int((~keep).sum()) * 8 >= len(alive):
+                alive, mask, next_position, drawn = alive[keep], mask[keep], next_position[keep], drawn[keep]
+                cache.batch_select_indices(keep.nonzero().squeeze(-1))
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             out = self.model(input_ids=drawn[:, None], attention_mask=mask, position_ids=next_position,
                              past_key_values=cache, use_cache=True)
             next_position = next_position + 1
-        return torch.stack(tokens, 1).cpu(), torch.stack(logprobs, 1).cpu(), lengths.cpu(), finished.cpu()
+        steps = t + 1
+        return tokens[:, :steps].cpu(), logprobs[:, :steps].cpu(), lengths.cpu(), finished.cpu()
 
     def _assemble(self, chunks, rows, group_ids) -> Rollouts:
         width = max(c[0].shape[1] for c in chunks)

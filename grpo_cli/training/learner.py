@@ -138,6 +138,8 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, total_optimizer_steps, t.schedule))
         self.temperature = cfg.sampler.temperature
+        # Recomputed layers would append to the shared prompt's KV cache a second time.
+        self.share_prompts = cfg.trainer.share_prompts and not cfg.model.gradient_checkpointing
 
     def precision(self):
         """bf16 compute over fp32 master weights, or the weights' own dtype."""
@@ -226,7 +228,7 @@ class Learner:
         entropy [b, C] or None), in the learner's precision; with gradients when enabled."""
         with self.precision():
             return sequence_logprobs(model, micro, temperature, with_entropy=with_entropy,
-                                     chunk=self.cfg.trainer.logprob_chunk)
+                                     chunk=self.cfg.trainer.logprob_chunk, share_prompts=self.share_prompts)
 
     @torch.no_grad()
     def _logprobs_of(self, model, batch: Sequences) -> torch.Tensor:
