@@ -108,12 +108,10 @@ def test_preference_training_on_prompt_only_data_names_the_missing_column(tmp_pa
 
 def test_grpo_eval_on_pairs_reports_each_group(tmp_path):
     """Before training the policy is the reference: no pair is ranked above it (h = 0), and the
-    task accuracy of each group comes from sampling its prompts. h = 0 exactly needs both copies
-    to round alike: shared prompts are off, since the frozen copy's matrix products are split
-    differently and round differently in the last bits."""
+    task accuracy of each group comes from sampling its prompts. The two copies' sums differ in
+    the last bits (the frozen copy's matrix products are split differently): a tie, not a rank."""
     out = tmp_path / "eval.json"
-    assert main(["eval", "data=arithmetic_pairs", "eval.k=2", f"eval.output={out}", f"output_dir={tmp_path}",
-                 "trainer.share_prompts=false"]) == 0
+    assert main(["eval", "data=arithmetic_pairs", "eval.k=2", f"eval.output={out}", f"output_dir={tmp_path}"]) == 0
     figures = json.loads(out.read_text())
     assert sorted(figures["groups"]) == ["long", "medium", "short"]
     assert figures["worst_group_accuracy"] == 0.0 and figures["mean_group_accuracy"] == 0.0

@@ -118,6 +118,17 @@ def preference_loss(pairs: PairLogprobs, state: GroupState, loss: str, weighting
     return PreferenceLoss(loss=(weights * per_pair).sum(), per_pair=per_pair.detach(), alpha=alpha)
 
 
+# A margin this small is a tie: two float32 passes over the same weights (the policy and its
+# frozen copy) can differ by about 1e-5 in a summed log-prob, as matrix products are split
+# differently when parameters require grad.
+MARGIN_TIE = 1e-4
+
+
+def ranked_above(margins: torch.Tensor) -> torch.Tensor:
+    """[B] margins h -> [B] bool: chosen ranked above rejected, h > MARGIN_TIE."""
+    return margins > MARGIN_TIE
+
+
 def preference_accuracy(pairs: PairLogprobs) -> torch.Tensor:
-    """Per pair ([B] bool): the policy ranks chosen above rejected relative to the reference, h > 0."""
-    return pairs.margins() > 0
+    """Per pair ([B] bool): the policy ranks chosen above rejected relative to the reference."""
+    return ranked_above(pairs.margins())

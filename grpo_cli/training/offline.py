@@ -22,6 +22,7 @@ from grpo_cli.algorithms.preference import (
     GroupState,
     PairLogprobs,
     pair_losses,
+    ranked_above,
 )
 from grpo_cli.config import GrpoConfig
 from grpo_cli.data import PairSet, load_pairs
@@ -36,7 +37,7 @@ from grpo_cli.types import Sequences, left_pad
 
 @dataclass
 class PairEvaluation:
-    """Preference accuracy (h > 0: chosen above rejected relative to the reference) per group,
+    """Preference accuracy (h > 1e-4: chosen above rejected relative to the reference) per group,
     the worst group's and their mean; `groups` maps a name to its figures."""
 
     groups: dict
@@ -179,19 +180,19 @@ def finish_step(run: PreferenceJob, per_pair, margins, groups, alpha) -> dict[st
     metrics = {"loss/total": float(per_pair.mean()), "grad_norm": update["grad_norm"],
                "lr": update["lr"], "update/nonfinite": update["update/nonfinite"],
                "rewards/margin": run.cfg.algorithm.preference.beta * float(margins.mean()),
-               "rewards/accuracy": float((margins > 0).float().mean())}
+               "rewards/accuracy": float(ranked_above(margins).float().mean())}
     for g, name in enumerate(run.train.group_names):
         metrics[f"alpha/{name}"] = float(run.state.alpha[g])
         mine = groups == g
         if mine.any():
             metrics[f"group/{name}/loss"] = float(per_pair[mine].mean())
-            metrics[f"group/{name}/accuracy"] = float((margins[mine] > 0).float().mean())
+            metrics[f"group/{name}/accuracy"] = float(ranked_above(margins[mine]).float().mean())
     return metrics
 
 
 def group_figures(sums: torch.Tensor, ref: torch.Tensor, pairs: PairSet) -> PairEvaluation:
     """Preference accuracy per group of `pairs`; sums, ref: [P, 2]."""
-    correct = ((sums[:, 0] - ref[:, 0]) - (sums[:, 1] - ref[:, 1])) > 0
+    correct = ranked_above((sums[:, 0] - ref[:, 0]) - (sums[:, 1] - ref[:, 1]))
     groups = {name: {"preference_accuracy": float(correct[pairs.groups == g].float().mean()),
                      "pairs": int((pairs.groups == g).sum())}
               for g, name in enumerate(pairs.group_names) if (pairs.groups == g).any()}
