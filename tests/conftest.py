@@ -22,18 +22,13 @@ def seeds(base: int, count: int) -> list[int]:
 def rl_learner(cfg, dtype=torch.float32, total_optimizer_steps: int = 10, **kwargs) -> Learner:
     """A learner on the CPU as the RL objective builds it: a reference when β > 0."""
     return Learner(cfg, torch.device("cpu"), dtype, total_optimizer_steps=total_optimizer_steps,
-                   needs_reference=cfg.algorithm.kl_coef > 0, **kwargs)
-
-
-def rl_loss(cfg) -> RLLoss:
-    """The RL loss as the run builds it; it reads cfg.algorithm live, so tests may change it."""
-    return RLLoss(cfg.algorithm, cfg.sampler.max_new_tokens)
+                   needs_reference=RLLoss.of(cfg).needs_reference, **kwargs)
 
 
 def train_batch(learner: Learner, rollouts) -> TrainBatch:
     """The rollouts as the RL step hands them to the learner, with advantages 0 (tests set theirs)."""
     sequences = Sequences.from_rollouts(rollouts)
-    logprobs = logprobs_before_update(learner, rl_loss(learner.cfg), sequences)
+    logprobs = logprobs_before_update(learner, RLLoss.of(learner.cfg), sequences)
     return TrainBatch.assemble(sequences, torch.zeros_like(sequences.loss_mask), logprobs)
 
 

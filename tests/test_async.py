@@ -12,6 +12,7 @@ import psutil
 import pytest
 import torch
 
+from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.cli import main
 from grpo_cli.sampler import SamplingParams
 from grpo_cli.sampler.hf import HFSampler
@@ -19,7 +20,7 @@ from grpo_cli.training.rollout_worker import fresh_enough
 from grpo_cli.training.runtime import load_tokenizer
 from grpo_cli.types import BatchLogprobs, Rollouts, Sequences, TrainBatch
 
-from conftest import TINY, rl_learner, rl_loss, seeds
+from conftest import TINY, rl_learner, seeds
 
 SMALL = ["trainer.eval_every=0", "eval.num_prompts=8", "trainer.prompts_per_step=4"]
 
@@ -52,13 +53,13 @@ def test_importance_weights_of_a_batch_one_version_behind(make_cfg, eval_prompts
     fresh = sampler.generate(eval_prompts.take(list(range(4, 8))), params, seeds(4, 4))
     sequences = Sequences.from_rollouts(fresh)
     advantages = torch.linspace(-1, 1, len(sequences))[:, None] * sequences.loss_mask
-    learner.update(TrainBatch.assemble(sequences, advantages, BatchLogprobs()), 0, rl_loss(cfg))  # now version 1
+    learner.update(TrainBatch.assemble(sequences, advantages, BatchLogprobs()), 0, RLLoss.of(cfg))  # now version 1
 
     sequences = Sequences.from_rollouts(stale)
     sequences.policy_lag = 1 - stale.policy_version
     advantages = torch.linspace(1, -1, len(sequences))[:, None] * sequences.loss_mask
     old = hand_logprobs(learner.model, stale, params.temperature)  # π_old: the learner before this update
-    metrics = learner.update(TrainBatch.assemble(sequences, advantages, BatchLogprobs()), 0, rl_loss(cfg))
+    metrics = learner.update(TrainBatch.assemble(sequences, advantages, BatchLogprobs()), 0, RLLoss.of(cfg))
 
     weights, per_sequence_loss, capped = [], [], 0
     for i, row in enumerate(old):

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
+from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.types import Sequences
 
-from conftest import TINY, rl_learner, rl_loss, seeds, train_batch
+from conftest import TINY, rl_learner, seeds, train_batch
 from test_config import options
 
 
@@ -21,7 +22,7 @@ def rollouts(tokenizer, eval_prompts):
 
 def gradient(learner, batch):
     learner.zero_grad()
-    loss = rl_loss(learner.cfg)
+    loss = RLLoss.of(learner.cfg)
     metrics = learner.accumulate_gradients(batch, loss, loss.normalisers(batch))
     grads = torch.cat([p.grad.flatten() for p in learner.model.parameters() if p.grad is not None])
     return grads, metrics
@@ -75,7 +76,7 @@ def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):
     learner = rl_learner(cfg)
     batch = train_batch(learner, rollouts)
     before = [p.detach().clone() for p in learner.model.parameters()]
-    metrics = learner.update(batch, 0, rl_loss(cfg))
+    metrics = learner.update(batch, 0, RLLoss.of(cfg))
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
 
@@ -96,7 +97,7 @@ def test_all_zero_variance_groups_give_no_nan_and_no_policy_gradient(make_cfg, r
         AdvantageInputs(rewards, rollouts.group_ids, batch.loss_mask), cfg.algorithm)
     assert torch.equal(batch.advantages, torch.zeros_like(batch.advantages))
     before = [p.detach().clone() for p in learner.model.parameters()]
-    metrics = learner.update(batch, 0, rl_loss(cfg))
+    metrics = learner.update(batch, 0, RLLoss.of(cfg))
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert metrics["grad_norm"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
@@ -158,7 +159,7 @@ def test_bf16_with_fp32_master_weights_keeps_small_updates(make_cfg, rollouts, f
     batch = train_batch(learner, rollouts)
     batch.advantages = torch.randn(len(batch), 1, generator=torch.Generator().manual_seed(0)) * batch.loss_mask
     before = [p.detach().clone() for p in learner.model.parameters()]
-    learner.optimizer_step(batch, rl_loss(cfg))
+    learner.optimizer_step(batch, RLLoss.of(cfg))
     moved = sum(int((p.detach() != b).sum()) for p, b in zip(learner.model.parameters(), before))
     total = sum(b.numel() for b in before)
     assert (moved / total > 0.9) if fp32_master else (moved / total < 0.1), moved / total

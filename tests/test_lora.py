@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.training.logprobs import sequence_logprobs
 
-from conftest import TINY, rl_learner, rl_loss, seeds, train_batch
+from conftest import TINY, rl_learner, seeds, train_batch
 from test_config import composed
 
 
@@ -47,7 +48,7 @@ def test_only_adapters_move_and_the_push_matches_the_learner(make_cfg, sampler, 
     batch = trained_batch(learner, sampler, eval_prompts)
     assert learner.reference is None  # the adapters switched off stand in for it
     for _ in range(3):
-        learner.optimizer_step(batch, rl_loss(learner.cfg))
+        learner.optimizer_step(batch, RLLoss.of(learner.cfg))
     adapted = {n: p for n, p in learner.model.named_parameters() if "lora_" in n}
     assert all(p.requires_grad for p in adapted.values())
     assert any(float(p.detach().abs().max()) > 0 for n, p in adapted.items() if "lora_B" in n)

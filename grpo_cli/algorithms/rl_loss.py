@@ -19,7 +19,7 @@ from grpo_cli.algorithms.kl import kl_in_reward
 from grpo_cli.algorithms.losses import compute_loss
 from grpo_cli.algorithms.offpolicy import IS_WEIGHT_MAX, lag_tokens, offpolicy_metrics
 from grpo_cli.algorithms.stage_io import LossInputs, LossNormalisers, LossOutput
-from grpo_cli.config import AlgorithmConfig
+from grpo_cli.config import AlgorithmConfig, GrpoConfig
 from grpo_cli.types import TrainBatch
 
 # The largest |ℓ - ℓ_sampler| of any token: reduced by max, not summed (docs/algorithms.md §8.1).
@@ -35,6 +35,11 @@ class RLLoss:
     length_budget: int
     # Metrics reduced by max over micro-batches, mini-batches and ranks; every other one adds up.
     max_keys: ClassVar[frozenset[str]] = frozenset({MAX_GAP, IS_WEIGHT_MAX})
+
+    @classmethod
+    def of(cls, cfg: GrpoConfig) -> "RLLoss":
+        """The run's loss; it reads cfg.algorithm live, so a change to it applies at once."""
+        return cls(cfg.algorithm, cfg.sampler.max_new_tokens)
 
     @property
     def needs_reference(self) -> bool:

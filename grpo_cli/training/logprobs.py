@@ -57,40 +57,37 @@ def distinct_prompts(batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, tor
     return unique[:, :prompt_width], unique[:, prompt_width:], inverse
 
 
-def _shared_prompt(model, batch: TrainBatch, temperature: float, chunk: int):
-    """Each distinct prompt once, its keys and values then read by every row that repeats it."""
+def _before_completion(model, batch: TrainBatch, whole: bool, share_prompts: bool) -> torch.Tensor:
+    """What scores each completion token, from the position before it: the logits [b, C, V]
+    (whole: the model's own output layer) or the decoder's hidden states [b, C, H] (for the
+    chunked output layer). With share_prompts each distinct prompt runs once and every row
+    that repeats it reads its keys and values through the KV cache."""
     width = batch.completion_width
+    run = model if whole else model.get_decoder()
+    scores = (lambda out: out.logits) if whole else (lambda out: out.last_hidden_state)
+    keep = (lambda n: {"logits_to_keep": n}) if whole else (lambda n: {})  # the decoder has no output layer
+    if not share_prompts:
+        out = run(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=_positions(batch),
+                  use_cache=False, **keep(width + 1))
+        return scores(out)[:, -(width + 1):-1]
     prompt_width = batch.input_ids.shape[1] - width
-    targets = batch.input_ids[:, -width:]
     prompt_ids, prompt_mask, inverse = distinct_prompts(batch)
-    run = model if chunk <= 0 else model.get_decoder()
-    keep = (lambda n: {"logits_to_keep": n}) if chunk <= 0 else (lambda n: {})
     prompt = run(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
                  use_cache=True, **keep(1))
     cache = prompt.past_key_values
     cache.batch_select_indices(inverse)  # the rows' view of the shared keys and values
     rest = run(input_ids=batch.input_ids[:, prompt_width:], attention_mask=batch.attention_mask,
                position_ids=_positions(batch)[:, prompt_width:], past_key_values=cache, use_cache=True, **keep(width))
-    if chunk <= 0:
-        logits = torch.cat([prompt.logits[inverse, -1:], rest.logits[:, :-1]], 1)
-        return _from_logits(logits, targets, temperature, None)
-    hidden = torch.cat([prompt.last_hidden_state[inverse, -1:], rest.last_hidden_state[:, :-1]], 1)
-    return _chunked(model, hidden, targets, temperature, chunk)
+    return torch.cat([scores(prompt)[inverse, -1:], scores(rest)[:, :-1]], 1)
 
 
 def sequence_logprobs(model, batch: TrainBatch, temperature: float, with_entropy: bool = False, chunk: int = 0,
                       share_prompts: bool = False):
     """Log-probs of the completion tokens, [b, C] fp32 (and the entropy [b, C], else None)."""
-    width = batch.completion_width
-    targets = batch.input_ids[:, -width:]
-    if share_prompts:
-        logprobs, entropy = _shared_prompt(model, batch, temperature, chunk)
-    elif chunk <= 0:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=_positions(batch), logits_to_keep=width + 1, use_cache=False)
-        logprobs, entropy = _from_logits(out.logits[:, :-1], targets, temperature, None)
+    targets = batch.input_ids[:, -batch.completion_width:]
+    scores = _before_completion(model, batch, chunk <= 0, share_prompts)
+    if chunk <= 0:
+        logprobs, entropy = _from_logits(scores, targets, temperature, None)
     else:
-        hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                     position_ids=_positions(batch), use_cache=False).last_hidden_state
-        logprobs, entropy = _chunked(model, hidden[:, -(width + 1):-1], targets, temperature, chunk)
+        logprobs, entropy = _chunked(model, scores, targets, temperature, chunk)
     return logprobs, entropy if with_entropy else None

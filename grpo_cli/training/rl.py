@@ -113,7 +113,7 @@ def build(cfg: GrpoConfig, policy_path: str, ranks: Ranks | None = None) -> RLJo
     eval_prompts = load_eval_prompts(cfg, tokenizer)
     rewards = RewardSet(cfg.reward, tokenizer)
     optimizer_steps = cfg.trainer.steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    loss = RLLoss(cfg.algorithm, cfg.sampler.max_new_tokens)
+    loss = RLLoss.of(cfg)
     make_learner = functools.partial(Learner, cfg, device, DTYPES[cfg.model.dtype], optimizer_steps,
                                      policy_path=policy_path, ranks=ranks, needs_reference=loss.needs_reference)
     train_params, eval_params = sampling_params(cfg)
