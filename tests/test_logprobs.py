@@ -2,14 +2,20 @@
 prompts (each distinct prompt computed once) equal the whole computation in value, entropy and
 gradient, on the shipped model and real padding."""
 
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.training.logprobs import distinct_prompts, sequence_logprobs
-from grpo_cli.types import TrainBatch
+from grpo_cli.types import BatchLogprobs, Sequences, TrainBatch
 
-from conftest import TINY
+from conftest import TINY, seeds
 
 
 def padded_batch(pad: int, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> TrainBatch:
@@ -90,3 +96,36 @@ def test_shared_prompts_equal_the_whole_computation(tokenizer, chunk):
         assert torch.allclose(shared[1], whole[1], rtol=1e-5, atol=atol), dtype
         assert whole[2].norm() > 0
         assert (shared[2] - whole[2]).norm() / whole[2].norm() < grad_rtol, dtype
+
+
+REPLAY = """
+import hashlib, sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import rl_learner
+from grpo_cli.algorithms.rl_loss import RLLoss
+from grpo_cli.compose import compose, to_object
+from grpo_cli.types import TrainBatch
+torch.set_num_threads(2)
+cfg = to_object(compose(["trainer.share_prompts=true"]))
+learner = rl_learner(cfg)
+learner.update(TrainBatch(**torch.load({batch!r})), 1, RLLoss.of(cfg))
+print(hashlib.sha256(torch.cat([p.detach().flatten() for p in learner.model.parameters()]).numpy()).hexdigest())
+"""
+
+
+def test_shared_prompt_update_repeats_bit_for_bit_across_processes(tokenizer, eval_prompts, tmp_path):
+    """The rows of a shared prompt add their gradients in a fixed order: two processes make the
+    same update to the last bit. (Indexing's backward adds with atomics over threads, so the
+    order, and the last bits, changed from process to process.)"""
+    sampler = engine("hf")(model_path=TINY, tokenizer=tokenizer, device=torch.device("cpu"), dtype=torch.float32,
+                           batch_size=128)
+    rollouts = sampler.generate(eval_prompts.take(list(range(16))), SamplingParams(8, 1.0, 1.0, 0, 48),
+                                seeds=seeds(7, 16))
+    sequences = Sequences.from_rollouts(rollouts)
+    advantages = torch.randn(sequences.loss_mask.shape, generator=torch.Generator().manual_seed(0))
+    batch = TrainBatch.assemble(sequences, advantages * sequences.loss_mask, BatchLogprobs(None, None))
+    torch.save({f.name: getattr(batch, f.name) for f in fields(batch)}, tmp_path / "batch.pt")
+    script = REPLAY.format(tests=str(Path(__file__).parent), batch=str(tmp_path / "batch.pt"))
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+               .stdout.strip() for _ in range(2)}
+    assert len(digests) == 1, digests
