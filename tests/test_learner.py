@@ -1,6 +1,8 @@
 """The learner on the tiny model: accumulated micro-batch gradients equal the full-batch
 gradient for every aggregation mode, with ratios away from 1 so that clipping is active."""
 
+import math
+
 import pytest
 import torch
 
@@ -69,6 +71,22 @@ def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):
     batch.advantages = torch.ones(len(batch), 1) * batch.loss_mask
     _, metrics = gradient(learner, batch)
     assert metrics["ratio/mean"] == pytest.approx(1.0) and metrics["clip/fraction"] == 0.0
+
+
+def test_a_filtered_batch_still_takes_every_scheduled_optimizer_step(make_cfg, rollouts):
+    """20 rows (filters can leave a batch that algorithm.mini_batches does not divide) in 8
+    mini-batches: 8 optimizer steps of 3 or 2 rows, as the learning-rate schedule counts them
+    (torch.chunk would make 7 of 3 rows and 1 missing step)."""
+    learner = rl_learner(make_cfg("algorithm.mini_batches=8", "algorithm.epochs=2"), total_optimizer_steps=16)
+    batch = train_batch(learner, rollouts)
+    batch.advantages = torch.linspace(-1, 1, len(batch))[:, None] * batch.loss_mask
+    assert len(batch) == 20
+    learner.update(batch, seed=0, loss=RLLoss.of(learner.cfg))
+    assert learner.scheduler.last_epoch == 16
+    # 3 rows in 8 mini-batches: 3 steps of one row, 5 empty ones that only advance the schedule.
+    metrics = learner.update(batch.select(torch.arange(3)), seed=1, loss=RLLoss.of(learner.cfg))
+    assert learner.scheduler.last_epoch == 32
+    assert metrics["loss/policy"] != 0.0 and all(map(math.isfinite, metrics.values()))
 
 
 def test_zero_advantage_batch_leaves_weights_unchanged(make_cfg, rollouts):

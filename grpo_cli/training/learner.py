@@ -254,8 +254,11 @@ class Learner:
         per_step: list[dict[str, float]] = []
         for _ in range(a.epochs):
             order = torch.randperm(len(batch), generator=generator)
-            for index in order.chunk(a.mini_batches):
-                per_step.append(self.optimizer_step(batch.select(index), loss))
+            # Exactly the steps the schedule counts, also for a row count that does not divide;
+            # an empty mini-batch (fewer rows than mini-batches) only advances the schedule.
+            for index in order.tensor_split(a.mini_batches):
+                metrics = self.optimizer_step(batch.select(index), loss)
+                per_step += [metrics] if len(index) else []
         merged = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
         for key in loss.max_keys & merged.keys():
             merged[key] = max(m[key] for m in per_step)
