@@ -258,7 +258,8 @@ class Learner:
             # an empty mini-batch (fewer rows than mini-batches) only advances the schedule.
             for index in order.tensor_split(a.mini_batches):
                 metrics = self.optimizer_step(batch.select(index), loss)
-                per_step += [metrics] if len(index) else []
+                if len(index):
+                    per_step.append(metrics)
         merged = {k: sum(m.get(k, 0.0) for m in per_step) / len(per_step) for k in per_step[0]}
         for key in loss.max_keys & merged.keys():
             merged[key] = max(m[key] for m in per_step)

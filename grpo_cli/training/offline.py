@@ -37,7 +37,7 @@ from grpo_cli.types import Sequences, left_pad
 
 @dataclass
 class PairEvaluation:
-    """Preference accuracy (h > 1e-4: chosen above rejected relative to the reference) per group,
+    """Preference accuracy (h > MARGIN_TIE: chosen above rejected relative to the reference) per group,
     the worst group's and their mean; `groups` maps a name to its figures."""
 
     groups: dict
