@@ -1,13 +1,16 @@
 """The learner on the tiny model: accumulated micro-batch gradients equal the full-batch
 gradient for every aggregation mode, with ratios away from 1 so that clipping is active."""
 
+import itertools
 import math
+import random
 
 import pytest
 import torch
 
 from grpo_cli.algorithms import ADVANTAGES, AdvantageInputs
 from grpo_cli.algorithms.rl_loss import RLLoss
+from grpo_cli.training.learner import length_runs
 from grpo_cli.sampler import SamplingParams, engine
 from grpo_cli.types import Sequences
 
@@ -61,6 +64,31 @@ def test_token_budget_micro_batches_trim_padding_and_keep_logprobs(make_cfg, rol
     assert all(len(m) * m.input_ids.shape[1] <= 150 or len(m) == 1 for _, m in parts)
     assert min(m.input_ids.shape[1] for _, m in parts) < batch.input_ids.shape[1]  # padding trimmed
     assert torch.allclose(learner.reference_logprobs(batch), whole, atol=1e-5)
+
+
+def every_cut(lengths: list[int], budget: int):
+    """(runs, padded positions) of every way to cut the sorted rows that keeps each run within budget."""
+    for ends in itertools.product([False, True], repeat=len(lengths) - 1):
+        cuts = [0, *[i + 1 for i, end in enumerate(ends) if end], len(lengths)]
+        runs = list(zip(cuts, cuts[1:]))
+        if all((b - a) * lengths[a] <= budget or b - a == 1 for a, b in runs):
+            yield len(runs), sum((b - a) * lengths[a] for a, b in runs)
+
+
+def test_length_runs_take_the_fewest_runs_and_then_the_least_padding():
+    # Greedy, each run as full as the budget allows: [10 9] [9 2] [2 1], 20 + 18 + 4 = 42 padded
+    # positions. The same three runs cut elsewhere: [10] [9 9] [2 2 1], 10 + 18 + 6 = 34.
+    assert length_runs(torch.tensor([10, 9, 9, 2, 2, 1]), 20) == [slice(0, 1), slice(1, 3), slice(3, 6)]
+    assert length_runs(torch.tensor([50, 9]), 20) == [slice(0, 1), slice(1, 2)]  # too long for the budget: alone
+    draw = random.Random(0)
+    for _ in range(200):
+        lengths = sorted((draw.randint(1, 30) for _ in range(draw.randint(1, 9))), reverse=True)
+        budget = draw.randint(10, 120)
+        runs = length_runs(torch.tensor(lengths), budget)
+        assert runs[0].start == 0 and runs[-1].stop == len(lengths)
+        assert all(a.stop == b.start and a.start < a.stop for a, b in zip(runs, runs[1:]))
+        got = (len(runs), sum((r.stop - r.start) * lengths[r.start] for r in runs))
+        assert got == min(every_cut(lengths, budget)), (lengths, budget)
 
 
 def test_mu_one_single_mini_batch_skips_old_logprobs(make_cfg, rollouts):

@@ -40,6 +40,8 @@ def test_rollout_shapes_masks_and_groups(sampler, eval_prompts, tokenizer):
             assert ids[length - 1] == eos and eos not in ids[:length - 1].tolist()
     assert (out.sampler_logprobs[out.completion_mask == 0] == 0).all()
     assert (out.sampler_logprobs[out.completion_mask == 1] < 0).all()
+    # Decoded in inference mode, handed on as ordinary tensors the learner's graph can hold.
+    assert not any(t.is_inference() for t in vars(out).values() if isinstance(t, torch.Tensor))
 
 
 def test_same_seed_same_completions(sampler, eval_prompts):
