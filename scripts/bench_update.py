@@ -9,7 +9,9 @@ Builds the configured run, samples and scores one step's batch with the real ste
 functions, then runs `Learner.update` on that same batch once per value per round (the
 weights move a little with each update; the work does not). 0 packs nothing: the rows go
 in trainer.micro_batch_size slices, each padded to its longest row. Prints the median seconds
-of the rounds after the first (which warms the allocator) and every round's figure.
+of the rounds after the first (which warms the allocator), wall clock and the process's CPU
+time (on a shared virtual machine the CPU time leaves out what neighbours took; with one
+thread it is the steadier figure), and every round's wall-clock figure.
 """
 
 from __future__ import annotations
@@ -48,18 +50,22 @@ def main() -> int:
         print(f"{len(batch)} rows, {int(batch.loss_mask.sum())} completion tokens, padded to "
               f"{batch.attention_mask.shape[1]} positions")
         seconds = {tokens: [] for tokens in args.micro_batch_tokens}
+        cpu_seconds = {tokens: [] for tokens in args.micro_batch_tokens}
         for round_ in range(args.rounds):
             for tokens in args.micro_batch_tokens:
                 run.learner.cfg.trainer.micro_batch_tokens = tokens  # read at each update
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 run.learner.update(batch, round_, run.loss)
                 seconds[tokens].append(time.perf_counter() - start)
+                cpu_seconds[tokens].append(time.process_time() - cpu_start)
     finally:
         run.close()
-    print("| trainer.micro_batch_tokens | median s per update | rounds |")
-    print("|---|---|---|")
+    print("| trainer.micro_batch_tokens | median s per update | median CPU s | rounds (s) |")
+    print("|---|---|---|---|")
     for tokens, figures in seconds.items():
-        print(f"| {tokens} | {statistics.median(figures[1:] or figures):.2f} | {', '.join(f'{s:.2f}' for s in figures)} |")
+        cpu = cpu_seconds[tokens]
+        print(f"| {tokens} | {statistics.median(figures[1:] or figures):.3f} | {statistics.median(cpu[1:] or cpu):.3f} "
+              f"| {', '.join(f'{s:.2f}' for s in figures)} |")
     return 0
 
 
