@@ -192,7 +192,7 @@ class TrainerConfig:
     steps: int = 100  # generation rounds; each makes epochs x mini_batches optimizer steps
     prompts_per_step: int = 16
     micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate exactly
-    micro_batch_tokens: int = 0  # > 0: pack micro-batches by padded tokens instead (rows x longest <= this)
+    micro_batch_tokens: int = 0  # > 0: rows by length, fewest micro-batches with rows x longest <= this, least padding
     lr: float = 1.0e-6
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | linear | cosine (after warm-up)
