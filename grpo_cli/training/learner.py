@@ -66,7 +66,7 @@ def length_runs(lengths: torch.Tensor, budget: int) -> list[slice]:
     budget allows, and of the cuts into that many, the one with the fewest padded positions
     (the sum of rows x longest). Cutting greedily, as full as the budget allows, gives the same
     count but can leave a wide spread of lengths in one run: on the embedded default's batches
-    20% of the positions were padding, against 10% for this cut at the same count.
+    at 3,072 tokens (three runs) 14% of the positions were padding that way, 10% this way.
 
     Dynamic programming over the run count m: best[j] is the least padding of the first j rows
     in m runs, from best of m - 1 runs at i plus the run i..j-1; each m is one min over an
@@ -217,8 +217,9 @@ class Learner:
     def micro_batches(self, batch: Sequences):
         """(row index, micro-batch on the learner's device): consecutive slices of
         trainer.micro_batch_size sequences, or, with trainer.micro_batch_tokens, rows sorted by
-        length and cut by `length_runs`, each trimmed of the padding it does not need. Either way every row lands in exactly one micro-batch, and the
-        loss normalisers come from the whole mini-batch, so the gradient is the same."""
+        length and cut by `length_runs`, each trimmed of the padding it does not need. Either
+        way every row lands in exactly one micro-batch, and the loss normalisers come from the
+        whole mini-batch, so the gradient is the same."""
         t = self.cfg.trainer
         if t.micro_batch_tokens <= 0:
             for start in range(0, len(batch), t.micro_batch_size):
