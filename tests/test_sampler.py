@@ -105,3 +105,74 @@ def test_filter_logits_top_p_and_top_k():
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
     kept = torch.isfinite(filter_logits(logits, top_k=3, top_p=1.0))
     assert kept.tolist() == [[True, True, True, False]]
+
+
+def _models_to_decode():
+    """The shipped tiny Llama; a Qwen2 with grouped keys and values and biased projections;
+    and a GPT-2, which only transformers' forward decodes."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    qwen2 = Qwen2ForCausalLM(Qwen2Config(vocab_size=86, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=86, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                      bos_token_id=1, eos_token_id=2))
+    return {"tiny llama": AutoModelForCausalLM.from_pretrained(TINY), "qwen2": qwen2, "gpt2": gpt2}
+
+
+def decoding_gaps(model, decoder, vocab: int) -> list[float]:
+    """Largest |logit gap| at each of 6 decoding steps between `decoder` (shared prompt pass,
+    rows dropped and repeated after step 2) and one forward over the whole left-padded sequence."""
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, vocab, (length,), generator=generator).tolist() for length in (5, 9, 2)]
+    ids, mask = left_pad(prompts, 0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = torch.tensor([0, 0, 1, 2, 2, 2])  # prompts repeated as a group's rows are
+    gaps = []
+    with torch.inference_mode():
+        logits = decoder.prefill(ids, mask, positions)[rows]
+        decoder.take(rows)
+        ids, mask, positions = ids[rows], mask[rows], positions[rows]
+        for step in range(6):
+            full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+            gaps.append((logits - full).abs().max().item())
+            if step == 2:  # rows leave the batch, one stays twice
+                keep = torch.tensor([0, 2, 3, 3])
+                decoder.take(keep)
+                ids, mask, positions = ids[keep], mask[keep], positions[keep]
+            tokens = torch.randint(3, vocab, (len(ids),), generator=generator)
+            ids, mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+            logits = decoder.step(tokens, positions[:, -1:], mask)
+    return gaps
+
+
+@pytest.mark.parametrize("name", ["tiny llama", "qwen2", "gpt2"])
+def test_decoding_steps_equal_the_full_sequence_forward(name):
+    """Each step's logits equal one forward over the whole sequence (float32, 1e-5)."""
+    from grpo_cli.sampler.decode import LlamaDecode, TransformersDecode, decoder_for
+
+    model = _models_to_decode()[name].eval()
+    decoder = decoder_for(model)
+    assert type(decoder) is (TransformersDecode if name == "gpt2" else LlamaDecode)
+    assert max(decoding_gaps(model, decoder, 86)) < 1e-5
+
+
+def test_llama_decoding_follows_loaded_weights_and_draws_what_transformers_does(tokenizer, eval_prompts):
+    """The fused projections are views of the model's weights: after load_weights the sampler
+    draws what transformers' own forward draws with those weights, token for token."""
+    from grpo_cli.sampler.decode import LlamaDecode, TransformersDecode
+
+    fused, plain = (engine("hf")(model_path=TINY, tokenizer=tokenizer, device=torch.device("cpu"),
+                                 dtype=torch.float32, batch_size=32) for _ in range(2))
+    plain.decoder = TransformersDecode(plain.model)
+    assert isinstance(fused.decoder, LlamaDecode)
+    torch.manual_seed(3)
+    moved = {k: v + 0.05 * torch.randn_like(v) for k, v in fused.model.state_dict().items()}
+    batch = eval_prompts.take(list(range(6)))
+    before = fused.generate(batch, params(), seeds=seeds(4, 6))
+    for sampler in (fused, plain):
+        sampler.load_weights(moved, version=1)
+    drawn, expected = (s.generate(batch, params(), seeds=seeds(4, 6)) for s in (fused, plain))
+    assert drawn.completions == expected.completions != before.completions
+    assert (drawn.sampler_logprobs - expected.sampler_logprobs).abs().max().item() < 1e-4  # rounding, as above

@@ -11,15 +11,17 @@ as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the draw is from th
 distribution while the recorded log-prob is the full one, as the learner's is; correct for it
 with TIS/MIS or keep both filters off for training. Finished rows leave the batch as they
 accumulate, so the steps after most completions ended cost what the unfinished rows cost.
+The model calls themselves (one prompt pass per group, then a token per row, and for Llama-family
+models decoding steps of our own) are sampler/decode.py's.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from grpo_cli.model_source import load_causal_lm
 from grpo_cli.sampler.base import SamplingParams
+from grpo_cli.sampler.decode import decoder_for
 from grpo_cli.types import PromptBatch, Rollouts, left_pad
 
 
@@ -68,6 +70,7 @@ class HFSampler:
     def __init__(self, model_path: str, tokenizer, device: torch.device, dtype: torch.dtype,
                  batch_size: int, trust_remote_code: bool = False, **_):
         self.model = load_causal_lm(model_path, dtype, device, trust_remote_code).eval()
+        self.decoder = decoder_for(self.model)
         self.device = device
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id
@@ -104,15 +107,18 @@ class HFSampler:
 
     def _decode(self, rows: list[list[int]], params: SamplingParams, noise: list["RowNoise"]):
         """Sample up to max_new_tokens per row: [b, c] tokens and log-probs, [b] lengths and finished.
-        Rows that finished leave the batch (and the KV cache) once they are an eighth of it:
-        each row's computation and draws are its own, so the others' results do not change."""
-        ids, mask = left_pad(rows, self.pad_id)
+        A run of equal prompts (a group's n rows) passes through the model once. Rows that
+        finished leave the batch (and the KV cache) once they are an eighth of it: each row's
+        computation and draws are its own, so the others' results do not change."""
+        starts = [i for i in range(len(rows)) if i == 0 or rows[i] != rows[i - 1]]
+        repeats = torch.tensor([end - start for start, end in zip(starts, [*starts[1:], len(rows)])])
+        ids, mask = left_pad([rows[i] for i in starts], self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        next_position = positions[:, -1:] + 1
+        shared = self.decoder.prefill(ids, mask, positions)
+        copies = torch.arange(len(starts), device=self.device).repeat_interleave(repeats.to(self.device))
+        self.decoder.take(copies)
+        logits, mask, next_position = shared[copies], mask[copies], positions[copies, -1:] + 1
         finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         lengths = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         tokens = torch.full((len(rows), params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
@@ -120,7 +126,7 @@ class HFSampler:
         alive = torch.arange(len(rows), device=self.device)  # the rows still in the batch, in its order
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         for t in range(params.max_new_tokens):
-            scaled = out.logits[:, -1].float() / params.temperature
+            scaled = logits.float() / params.temperature
             probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
             if t % RowNoise.BLOCK == 0:
                 uniforms = torch.stack([row.next_block() for row in noise]).to(self.device)
@@ -136,10 +142,9 @@ class HFSampler:
             keep = ~finished[alive]
             if int((~keep).sum()) * 8 >= len(alive):
                 alive, mask, next_position, drawn = alive[keep], mask[keep], next_position[keep], drawn[keep]
-                cache.batch_select_indices(keep.nonzero().squeeze(-1))
+                self.decoder.take(keep.nonzero().squeeze(-1))
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = self.model(input_ids=drawn[:, None], attention_mask=mask, position_ids=next_position,
-                             past_key_values=cache, use_cache=True)
+            logits = self.decoder.step(drawn, next_position, mask)
             next_position = next_position + 1
         steps = t + 1
         return tokens[:, :steps].cpu(), logprobs[:, :steps].cpu(), lengths.cpu(), finished.cpu()
