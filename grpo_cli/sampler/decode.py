@@ -4,20 +4,24 @@
 for every causal language model. For the Llama family (Llama, SmolLM2, Qwen2 and the shipped
 tiny models) `LlamaDecode` runs the decoding steps itself, on the model's own modules and
 weights: at one new token per row the step is made of many small operations, and
-transformers' forward spends as much time around them as in them (one causal-mask build and
-three separate query, key and value products per layer, scaled-dot-product attention with a
-boolean mask, which on the CPU takes twice as long as two matrix products and a softmax).
+transformers' forward spends as much time around them as in them (a causal mask built on
+every call, three separate query, key and value products in every layer, scaled-dot-product
+attention with a boolean mask, which on the CPU takes twice as long for one query row as two
+matrix products and a softmax).
 Here each layer runs one product for query, key and value and one for gate and up
 (the model's weights become views into one tensor each, so `load_state_dict` still writes
 them in place), and attention is two products around a softmax with an additive mask. The
 normalisations, rotary embedding, activation, embedding and output layer are the model's own
-modules. The result equals transformers' decoding to float rounding (tests/test_sampler.py);
-on the embedded default a step's generation takes about 30 % less CPU time, with the shared
-prompt pass below.
+modules. In float32 its logits equal one forward over the whole sequence within 1e-5
+(tests/test_sampler.py), and the embedded default draws the same tokens either way; in
+bfloat16 both paths round the attention differently, each about as far from float32 as the
+other, so their draws part. With the shared prompt pass below, the default's generation takes
+a quarter less time on one thread than transformers' forward over every row took (README,
+Performance).
 
 Both share the prompt pass across a group: the n completions of a prompt start from the
-same prompt, so the prompt runs once and its cache is copied to the n rows (what vLLM's
-prefix caching does).
+same prompt, so the prompt runs once and its cache is copied to the n rows (vLLM's prefix
+caching does the same; Kwon et al. 2023, arXiv 2309.06180).
 
 Only this module knows the layout of a transformers Llama model (the module names in
 `LlamaDecode`); a model it does not know decodes through `TransformersDecode`.
