@@ -79,8 +79,15 @@ def compile_learner(run) -> None:
             model.compile(dynamic=True)
 
 
+def compile_sampler(run) -> None:
+    """The hf sampler's model (its prompt pass) and its decoding step, which for Llama-family
+    models is the sampler's own function rather than the model's forward."""
+    run.sampler.model.compile(dynamic=True)
+    run.sampler.decoder.step = torch.compile(run.sampler.decoder.step, dynamic=True)
+
+
 # --compile PART: torch.compile that part's models in place (parameter names unchanged), shapes dynamic.
-COMPILE = {"learner": compile_learner, "sampler": lambda run: run.sampler.model.compile(dynamic=True)}
+COMPILE = {"learner": compile_learner, "sampler": compile_sampler}
 # torch's counter has formulas for the GPU attention kernels only; the CPU kernel does the same products.
 CPU_ATTENTION = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
