@@ -16,9 +16,10 @@ machine with one thread).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
+
+from bench_update import paired_table
 
 from grpo_cli.compose import compose, to_object
 from grpo_cli.model_source import prepare
@@ -61,12 +62,7 @@ def main() -> int:
     tokens = int(rollouts.completion_mask.sum())
     print(f"{len(rollouts.completions)} completions, {tokens} tokens; "
           f"the paths drew the same tokens: {len({tuple(texts) for texts in drawn.values()}) == 1}")
-    print("| decoding | median s per generation | median CPU s | rounds (s) |")
-    print("|---|---|---|---|")
-    for name, figures in seconds.items():
-        cpu = cpu_seconds[name]
-        print(f"| {name} | {statistics.median(figures[1:] or figures):.3f} | {statistics.median(cpu[1:] or cpu):.3f} "
-              f"| {', '.join(f'{s:.2f}' for s in figures)} |")
+    print(paired_table("decoding", "generation", seconds, cpu_seconds))
     return 0
 
 

@@ -60,13 +60,19 @@ def main() -> int:
                 cpu_seconds[tokens].append(time.process_time() - cpu_start)
     finally:
         run.close()
-    print("| trainer.micro_batch_tokens | median s per update | median CPU s | rounds (s) |")
-    print("|---|---|---|---|")
-    for tokens, figures in seconds.items():
-        cpu = cpu_seconds[tokens]
-        print(f"| {tokens} | {statistics.median(figures[1:] or figures):.3f} | {statistics.median(cpu[1:] or cpu):.3f} "
-              f"| {', '.join(f'{s:.2f}' for s in figures)} |")
+    print(paired_table("trainer.micro_batch_tokens", "update", seconds, cpu_seconds))
     return 0
+
+
+def paired_table(setting: str, timed: str, seconds: dict, cpu_seconds: dict) -> str:
+    """A markdown table: per setting, the median wall-clock and CPU seconds of the rounds after
+    the first (which warms the allocator), and every round's wall-clock figure."""
+    lines = [f"| {setting} | median s per {timed} | median CPU s | rounds (s) |", "|---|---|---|---|"]
+    for value, figures in seconds.items():
+        cpu = cpu_seconds[value]
+        lines.append(f"| {value} | {statistics.median(figures[1:] or figures):.3f} | "
+                     f"{statistics.median(cpu[1:] or cpu):.3f} | {', '.join(f'{s:.2f}' for s in figures)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
