@@ -176,3 +176,20 @@ def test_llama_decoding_follows_loaded_weights_and_draws_what_transformers_does(
     drawn, expected = (s.generate(batch, params(), seeds=seeds(4, 6)) for s in (fused, plain))
     assert drawn.completions == expected.completions != before.completions
     assert (drawn.sampler_logprobs - expected.sampler_logprobs).abs().max().item() < 1e-4  # rounding, as above
+
+
+def test_fused_projections_equal_the_separate_ones_and_follow_their_weights():
+    """Layers with and without a bias, fused: the same outputs stacked, and load_state_dict
+    into a layer reaches the fused weight."""
+    import torch.nn.functional as F
+
+    from grpo_cli.sampler.decode import _fuse
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 3), torch.nn.Linear(8, 5, bias=False), torch.nn.Linear(8, 2)]
+    weight, bias = _fuse(*layers)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.allclose(F.linear(x, weight, bias), torch.cat([layer(x) for layer in layers], -1), atol=1e-6)
+        layers[2].load_state_dict({"weight": torch.ones(2, 8), "bias": torch.full((2,), 3.0)})
+        assert torch.allclose(F.linear(x, weight, bias)[:, 8:], (x.sum(-1, keepdim=True) + 3.0).expand(4, 2), atol=1e-6)

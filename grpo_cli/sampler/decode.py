@@ -117,18 +117,21 @@ class LlamaDecode(TransformersDecode):
 def _fuse(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One weight (and bias) for several linear layers over the same input, their outputs
     stacked; each layer's own parameter becomes a view into it, so an in-place copy into
-    the layer (load_state_dict) updates the fused one."""
+    the layer (load_state_dict) updates the fused one. A layer without a bias contributes
+    zeros (Qwen2 and biased Llamas have one on all or none)."""
     fused = []
     for name in ("weight", "bias"):
         parts = [getattr(linear, name) for linear in linears]
-        if parts[0] is None:
+        if all(p is None for p in parts):
             fused.append(None)
             continue
-        whole = torch.cat([p.data for p in parts])
+        whole = torch.cat([p.data if p is not None else linear.weight.new_zeros(linear.out_features)
+                           for p, linear in zip(parts, linears)])
         start = 0
-        for p in parts:
-            p.data = whole[start:start + len(p)]
-            start += len(p)
+        for p, linear in zip(parts, linears):
+            if p is not None:
+                p.data = whole[start:start + linear.out_features]
+            start += linear.out_features
         fused.append(whole)
     return fused[0], fused[1]
 
