@@ -1,5 +1,7 @@
 """Shared fixtures: the real shipped tiny model and its tokenizer, never a mock."""
 
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,13 @@ from grpo_cli.types import Sequences, TrainBatch
 from grpo_cli.validation import validate
 
 TINY = str(ASSETS_DIR / "tiny-arith")
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Workers share the cores: two threads each would make every parallel operation wait for a
+    # thread the other worker holds. Processes the tests start inherit the setting; a test that
+    # needs two threads sets them itself.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def seeds(base: int, count: int) -> list[int]:
