@@ -110,13 +110,12 @@ class HFSampler:
         A run of equal prompts (a group's n rows) passes through the model once. Rows that
         finished leave the batch (and the KV cache) once they are an eighth of it: each row's
         computation and draws are its own, so the others' results do not change."""
-        starts = [i for i in range(len(rows)) if i == 0 or rows[i] != rows[i - 1]]
-        repeats = torch.tensor([end - start for start, end in zip(starts, [*starts[1:], len(rows)])])
-        ids, mask = left_pad([rows[i] for i in starts], self.pad_id)
+        first = [i == 0 or rows[i] != rows[i - 1] for i in range(len(rows))]
+        copies = (torch.tensor(first).cumsum(0) - 1).to(self.device)  # [b]: each row's prompt pass
+        ids, mask = left_pad([row for row, new in zip(rows, first) if new], self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         shared = self.decoder.prefill(ids, mask, positions)
-        copies = torch.arange(len(starts), device=self.device).repeat_interleave(repeats.to(self.device))
         self.decoder.take(copies)
         logits, mask, next_position = shared[copies], mask[copies], positions[copies, -1:] + 1
         finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
