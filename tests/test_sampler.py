@@ -121,8 +121,9 @@ def _models_to_decode():
 
 
 def decoding_gaps(model, decoder, vocab: int) -> list[float]:
-    """Largest |logit gap| at each of 6 decoding steps between `decoder` (shared prompt pass,
-    rows dropped and repeated after step 2) and one forward over the whole left-padded sequence."""
+    """Largest |logit gap| at each of 40 decoding steps between `decoder` (shared prompt pass,
+    rows dropped and repeated after step 2, again after step 20) and one forward over the whole
+    left-padded sequence. 40 steps outgrow the cache's first room twice (LlamaDecode.ROOM)."""
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, vocab, (length,), generator=generator).tolist() for length in (5, 9, 2)]
     ids, mask = left_pad(prompts, 0)
@@ -133,11 +134,11 @@ def decoding_gaps(model, decoder, vocab: int) -> list[float]:
         logits = decoder.prefill(ids, mask, positions)[rows]
         decoder.take(rows)
         ids, mask, positions = ids[rows], mask[rows], positions[rows]
-        for step in range(6):
+        for step in range(40):
             full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
             gaps.append((logits - full).abs().max().item())
-            if step == 2:  # rows leave the batch, one stays twice
-                keep = torch.tensor([0, 2, 3, 3])
+            if step in (2, 20):  # rows leave the batch, one stays twice
+                keep = torch.tensor([0, 2, 3, 3]) if step == 2 else torch.tensor([3, 0, 1])
                 decoder.take(keep)
                 ids, mask, positions = ids[keep], mask[keep], positions[keep]
             tokens = torch.randint(3, vocab, (len(ids),), generator=generator)
@@ -149,13 +150,14 @@ def decoding_gaps(model, decoder, vocab: int) -> list[float]:
 
 @pytest.mark.parametrize("name", ["tiny llama", "qwen2", "gpt2"])
 def test_decoding_steps_equal_the_full_sequence_forward(name):
-    """Each step's logits equal one forward over the whole sequence (float32, 1e-5)."""
+    """Each step's logits equal one forward over the whole sequence (float32: 5e-5, the rounding
+    of 40 steps on the trained tiny model, whose concatenating cache had reached 1.7e-5)."""
     from grpo_cli.sampler.decode import LlamaDecode, TransformersDecode, decoder_for
 
     model = _models_to_decode()[name].eval()
     decoder = decoder_for(model)
     assert type(decoder) is (TransformersDecode if name == "gpt2" else LlamaDecode)
-    assert max(decoding_gaps(model, decoder, 86)) < 1e-5
+    assert max(decoding_gaps(model, decoder, 86)) < 5e-5
 
 
 def test_llama_decoding_follows_loaded_weights_and_draws_what_transformers_does(tokenizer, eval_prompts):

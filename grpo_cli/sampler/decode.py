@@ -11,6 +11,13 @@ matrix products and a softmax).
 Here each layer runs one product for query, key and value and one for gate and up
 (the model's weights become views into one tensor each, so `load_state_dict` still writes
 them in place), and attention is two products around a softmax with an additive mask. The
+cache grows ROOM positions at a time and a step writes its key and value in place: growing it
+by one position a token, as transformers' cache does, copies every earlier key and value on
+every token (a third of the default's generation, by torch's profiler). Attention reads the
+whole buffer, its unwritten positions masked out (zeros there keep the scores finite),
+because matrix products over a contiguous buffer beat the same products over a slice of it
+(a buffer with room for the whole completion, read through slices, was slower than
+concatenation; README, Performance). The
 normalisations, rotary embedding, activation, embedding and output layer are the model's own
 modules. In float32 its logits equal one forward over the whole sequence within 1e-5
 (tests/test_sampler.py), and the embedded default draws the same tokens either way; in
@@ -69,8 +76,11 @@ class TransformersDecode:
 class LlamaDecode(TransformersDecode):
     """transformers' prompt pass; the decoding steps run here (module docstring)."""
 
+    ROOM = 16  # positions the cache grows by at once: 8 and 32 were slower on the default
+
     def __init__(self, model):
         super().__init__(model)
+        self.length = 0  # positions written in every layer's cache
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -81,16 +91,32 @@ class LlamaDecode(TransformersDecode):
                 attention.qkv_weight, attention.qkv_bias = _fuse(attention.q_proj, attention.k_proj, attention.v_proj)
                 mlp.gate_up_weight, mlp.gate_up_bias = _fuse(mlp.gate_proj, mlp.up_proj)
 
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        logits = super().prefill(ids, mask, positions)
+        self.length = ids.shape[1]
+        return logits
+
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
+        if self.length == self.cache.layers[0].keys.shape[2]:
+            self._grow()
         x = inner.embed_tokens(tokens)  # [b, H]
         cos, sin = (part.view(len(tokens), 1, self.head_dim) for part in inner.rotary_emb(x[:, None], positions))
-        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(mask == 0, float("-inf"))
-        bias = bias[:, None, None, :]  # [b, 1, 1, t]: every head, the one query
+        room = F.pad(mask, (0, self.cache.layers[0].keys.shape[2] - mask.shape[1]))  # [b, capacity]
+        bias = torch.zeros(room.shape, dtype=x.dtype, device=x.device).masked_fill_(room == 0, float("-inf"))
+        bias = bias[:, None, None, :]  # [b, 1, 1, capacity]: every head, the one query
         for index, layer in enumerate(inner.layers):
             x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, bias, index)
             x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+        self.length += 1
         return self.model.lm_head(inner.norm(x))
+
+    def _grow(self) -> None:
+        """ROOM more positions of zeros in every layer's keys and values ([b, kv_heads, t, d])."""
+        for layer in self.cache.layers:
+            b, kv_heads, _, d = layer.keys.shape
+            zeros = layer.keys.new_zeros(b, kv_heads, self.ROOM, d)
+            layer.keys, layer.values = torch.cat([layer.keys, zeros], 2), torch.cat([layer.values, zeros], 2)
 
     def _attention(self, attention, x, cos, sin, bias, index):
         """[b, H] normalised states -> [b, H] attention output; the layer's cache grows by one position."""
@@ -98,9 +124,9 @@ class LlamaDecode(TransformersDecode):
         qkv = F.linear(x, attention.qkv_weight, attention.qkv_bias).view(b, heads + 2 * kv_heads, d)
         qk = qkv[:, :heads + kv_heads]
         qk = qk * cos + torch.cat([-qk[..., d // 2:], qk[..., :d // 2]], -1) * sin  # rotary, as rotate_half
-        layer = self.cache.layers[index]
-        layer.keys = torch.cat([layer.keys, qk[:, heads:, None]], 2)  # [b, kv_heads, t, d]
-        layer.values = torch.cat([layer.values, qkv[:, heads + kv_heads:, None]], 2)
+        layer = self.cache.layers[index]  # keys, values: [b, kv_heads, capacity, d]
+        layer.keys[:, :, self.length] = qk[:, heads:]
+        layer.values[:, :, self.length] = qkv[:, heads + kv_heads:]
         # Query heads grouped by the key-value head they read (transformers' repeat_kv order).
         query = qk[:, :heads].reshape(b, kv_heads, heads // kv_heads, d)
         scores = torch.matmul(query, layer.keys.transpose(-1, -2)) * attention.scaling + bias
