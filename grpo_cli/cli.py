@@ -165,12 +165,13 @@ def _run(command: str, overrides: list[str], flags: dict) -> int:
         return 0
     # torch and the models' libraries load from here on, after the instant `--cfg job` above
     from grpo_cli.model_source import prepare
-    from grpo_cli.training.runtime import quiet_libraries
+    from grpo_cli.training.runtime import keep_freed_memory, quiet_libraries
     from grpo_cli.validation import validate
 
     cfg = validate(to_object(node))
     config_yaml = to_yaml(cfg, resolve=True)  # the run's record names the model as the user gave it
     quiet_libraries()
+    keep_freed_memory()
     return import_module(COMMANDS[command]).run(prepare(cfg), config_yaml, overrides)
 
 

@@ -65,7 +65,7 @@ from grpo_cli.compose import compose, to_object, to_yaml
 from grpo_cli.loggers import Loggers
 from grpo_cli.model_source import prepare
 from grpo_cli.training.rl import Stopwatch, build, train_step
-from grpo_cli.training.runtime import DTYPES, quiet_libraries
+from grpo_cli.training.runtime import DTYPES, keep_freed_memory, quiet_libraries
 from grpo_cli.validation import validate
 
 PHASES = ("generate", "reward", "logprobs", "update", "push")
@@ -281,6 +281,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
     quiet_libraries()
+    keep_freed_memory()  # as grpo train does
     if args.train_seeds:
         results = train_runs(args)
         print_train_table(results, args.max_staleness)

@@ -24,7 +24,7 @@ import time
 from grpo_cli.compose import compose, to_object
 from grpo_cli.model_source import prepare
 from grpo_cli.training.rl import Stopwatch, build, collect, update_batch
-from grpo_cli.training.runtime import quiet_libraries
+from grpo_cli.training.runtime import keep_freed_memory, quiet_libraries
 from grpo_cli.types import TrainBatch
 from grpo_cli.validation import validate
 
@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for grpo train")
     args = parser.parse_args()
     quiet_libraries()
+    keep_freed_memory()  # as grpo train does
     cfg = prepare(validate(to_object(compose(["output_dir=unused", *args.overrides]))))
     run = build(cfg, cfg.model.name_or_path)
     try:

@@ -3,7 +3,10 @@ gradient for every aggregation mode, with ratios away from 1 so that clipping is
 
 import itertools
 import math
+import platform
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -211,3 +214,29 @@ def test_bf16_with_fp32_master_weights_keeps_small_updates(make_cfg, rollouts, f
     assert (moved / total > 0.9) if fp32_master else (moved / total < 0.1), moved / total
     pushed = learner.weights()
     assert all(torch.isfinite(v.float()).all() for v in pushed.values())
+
+
+ALLOCATE_AGAIN = """
+import resource, sys, torch
+from grpo_cli.training.runtime import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+def allocate():  # a step's activations, some 3 MB tensors, written and freed
+    tensors = [torch.ones(750_000 + 1000 * i) for i in range(12)]
+    del tensors
+allocate()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    allocate()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_memory_serves_the_next_allocations():
+    """After keep_freed_memory, allocating the same tensors again reuses the heap's pages; under
+    glibc's own policy every round faults in fresh ones (44,132 page faults in 5 rounds here)."""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", ALLOCATE_AGAIN, mode], capture_output=True,
+                                       text=True, check=True).stdout)
+              for mode in ("keep", "default")}
+    assert faults["keep"] < 100 < 10_000 < faults["default"]

@@ -31,7 +31,7 @@ from grpo_cli.environments import episode_spec, run_episodes
 from grpo_cli.errors import UserError
 from grpo_cli.sampler import SamplingParams, prompt_seeds
 from grpo_cli.training.clock import round_prompts
-from grpo_cli.training.runtime import load_tokenizer, make_sampler, quiet_libraries
+from grpo_cli.training.runtime import keep_freed_memory, load_tokenizer, make_sampler, quiet_libraries
 from grpo_cli.types import PromptBatch, Rollouts
 
 POLL_SECONDS = 1.0  # how often a waiting side looks whether the other is still alive
@@ -100,6 +100,7 @@ def serve(cfg: GrpoConfig, policy_path: str, device: str, threads: int, mailbox:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     quiet_libraries()
+    keep_freed_memory()
     try:
         tokenizer = load_tokenizer(policy_path, cfg.model.trust_remote_code)
         sampler = make_sampler(cfg, policy_path, tokenizer, torch.device(device))

@@ -7,6 +7,7 @@ with the fix in the message, before any training starts. The run folder's rules 
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import datasets
@@ -50,6 +51,27 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def keep_freed_memory() -> None:
+    """Let the memory of freed tensors serve the next allocations instead of going back to the
+    system. glibc gives an allocation above its mmap threshold pages of its own and hands them
+    back on free, and trims the heap's free top, so each step, allocating the same activations
+    again, faults in fresh zeroed pages: 4,000 to 22,000 a step on the embedded default, whose
+    step this makes about 3 % faster (README, Performance). Allocations up to 32 MiB now come
+    from the heap and the heap is not trimmed; the peak memory stays what it was. Other C
+    libraries (macOS, musl) keep their own policy."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def require_local_model(path: str) -> None:
