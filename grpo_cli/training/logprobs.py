@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from grpo_cli.model_source import CACHE_KEYWORD
 from grpo_cli.types import TrainBatch
 
 
@@ -74,14 +75,14 @@ def _before_completion(model, batch: TrainBatch, whole: bool, share_prompts: boo
     prompt_ids, prompt_mask, inverse = distinct_prompts(batch)
     prompt = run(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
                  use_cache=True, **keep(1))
-    cache = prompt.past_key_values
+    cache = getattr(prompt, CACHE_KEYWORD)
     # The rows' view of the shared keys and values. Not cache.batch_select_indices: indexing's
     # backward adds rows with atomics across CPU threads, so the gradient's last bits would
     # change from process to process; index_select's backward adds them in order.
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
     rest = run(input_ids=batch.input_ids[:, prompt_width:], attention_mask=batch.attention_mask,
-               position_ids=_positions(batch)[:, prompt_width:], past_key_values=cache, use_cache=True, **keep(width))
+               position_ids=_positions(batch)[:, prompt_width:], use_cache=True, **{CACHE_KEYWORD: cache}, **keep(width))
     return torch.cat([scores(prompt)[:, -1:].index_select(0, inverse), scores(rest)[:, :-1]], 1)
 
 
