@@ -100,11 +100,13 @@ class LlamaDecode(TransformersDecode):
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
-        if self.length == self.cache.layers[0].keys.shape[2]:
+        capacity = self.cache.layers[0].keys.shape[2]
+        if self.length == capacity:
             self._grow()
+            capacity += self.ROOM
         x = inner.embed_tokens(tokens)  # [b, H]
         cos, sin = (part.view(len(tokens), 1, self.head_dim) for part in inner.rotary_emb(x[:, None], positions))
-        room = F.pad(mask, (0, self.cache.layers[0].keys.shape[2] - mask.shape[1]))  # [b, capacity]
+        room = F.pad(mask, (0, capacity - mask.shape[1]))  # [b, capacity]: 0 where not yet written
         bias = torch.zeros(room.shape, dtype=x.dtype, device=x.device).masked_fill_(room == 0, float("-inf"))
         bias = bias[:, None, None, :]  # [b, 1, 1, capacity]: every head, the one query
         for index, layer in enumerate(inner.layers):
