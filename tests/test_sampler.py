@@ -107,17 +107,26 @@ def test_filter_logits_top_p_and_top_k():
     assert kept.tolist() == [[True, True, True, False]]
 
 
-def _models_to_decode():
+def _models_to_decode(name: str):
     """The shipped tiny Llama; a Qwen2 with grouped keys and values and biased projections;
-    and a GPT-2, which only transformers' forward decodes."""
-    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+    Llamas with scaled rotary frequencies (linear: fixed, so LlamaDecode's tables hold them;
+    dynamic: recomputed from each call's positions, so transformers' forward decodes); and a
+    GPT-2, which only transformers' forward decodes."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    qwen2 = Qwen2ForCausalLM(Qwen2Config(vocab_size=86, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=86, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                                      bos_token_id=1, eos_token_id=2))
-    return {"tiny llama": AutoModelForCausalLM.from_pretrained(TINY), "qwen2": qwen2, "gpt2": gpt2}
+    small = dict(vocab_size=86, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=128)
+    scaled = lambda kind: LlamaForCausalLM(LlamaConfig(  # noqa: E731
+        **small, rope_parameters={"rope_type": kind, "factor": 2.0, "rope_theta": 10000.0}))
+    return {
+        "tiny llama": lambda: AutoModelForCausalLM.from_pretrained(TINY),
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**small, num_key_value_heads=2)),
+        "llama, linear rope": lambda: scaled("linear"),
+        "llama, dynamic rope": lambda: scaled("dynamic"),
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=86, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                                   bos_token_id=1, eos_token_id=2)),
+    }[name]()
 
 
 def decoding_gaps(model, decoder, vocab: int) -> list[float]:
@@ -144,19 +153,22 @@ def decoding_gaps(model, decoder, vocab: int) -> list[float]:
             tokens = torch.randint(3, vocab, (len(ids),), generator=generator)
             ids, mask = torch.cat([ids, tokens[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             positions = torch.cat([positions, positions[:, -1:] + 1], 1)
-            logits = decoder.step(tokens, positions[:, -1:], mask)
+            logits = decoder.step(tokens, positions[:, -1:])
     return gaps
 
 
-@pytest.mark.parametrize("name", ["tiny llama", "qwen2", "gpt2"])
-def test_decoding_steps_equal_the_full_sequence_forward(name):
+@pytest.mark.parametrize("name, decoded_by", [("tiny llama", "LlamaDecode"), ("qwen2", "LlamaDecode"),
+                                              ("llama, linear rope", "LlamaDecode"),
+                                              ("llama, dynamic rope", "TransformersDecode"),
+                                              ("gpt2", "TransformersDecode")])
+def test_decoding_steps_equal_the_full_sequence_forward(name, decoded_by):
     """Each step's logits equal one forward over the whole sequence (float32: 5e-5, the rounding
     of 40 steps on the trained tiny model, whose concatenating cache had reached 1.7e-5)."""
-    from grpo_cli.sampler.decode import LlamaDecode, TransformersDecode, decoder_for
+    from grpo_cli.sampler.decode import decoder_for
 
-    model = _models_to_decode()[name].eval()
+    model = _models_to_decode(name).eval()
     decoder = decoder_for(model)
-    assert type(decoder) is (TransformersDecode if name == "gpt2" else LlamaDecode)
+    assert type(decoder).__name__ == decoded_by
     assert max(decoding_gaps(model, decoder, 86)) < 5e-5
 
 

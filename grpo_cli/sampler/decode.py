@@ -17,9 +17,12 @@ every token (a third of the default's generation, by torch's profiler). Attentio
 whole buffer, its unwritten positions masked out (zeros there keep the scores finite),
 because matrix products over a contiguous buffer beat the same products over a slice of it
 (a buffer with room for the whole completion, read through slices, was slower than
-concatenation; README, Performance). The
-normalisations, rotary embedding, activation, embedding and output layer are the model's own
-modules. In float32 its logits equal one forward over the whole sequence within 5e-5 over
+concatenation; README, Performance). The step keeps its own attention bias, each row's
+positions 0 or -inf, and takes cos and sin from tables of every position the cache holds,
+computed by the model's rotary embedding when the cache grows (not on every token); models
+whose rotary frequencies follow the positions of each call (dynamic, longrope) decode through
+transformers. The norms compute what the model's RMSNorm does, through `F.rms_norm`; the
+activation, embedding and output layer are the model's own modules. In float32 its logits equal one forward over the whole sequence within 5e-5 over
 40 steps (tests/test_sampler.py), and the embedded default draws the same tokens either way; in
 bfloat16 both paths round the attention differently, each about as far from float32 as the
 other, so their draws part. With the shared prompt pass below, the default's generation takes
@@ -49,6 +52,10 @@ LLAMA_FAMILY = {
     "qwen2": lambda config: not getattr(config, "use_sliding_window", False),
 }
 
+# Rotary embeddings whose frequencies transformers recomputes from the positions of each call:
+# LlamaDecode's tables of cos and sin, computed once for all positions, would not match.
+POSITION_DEPENDENT_ROPE = ("dynamic", "longrope")
+
 
 class TransformersDecode:
     """The model's own forward over a DynamicCache."""
@@ -56,21 +63,30 @@ class TransformersDecode:
     def __init__(self, model):
         self.model = model
         self.cache = DynamicCache()
+        self.mask = torch.ones(0, 0, dtype=torch.long)  # [b, t]: which cached positions each row attends to
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def prompt_pass(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """A fresh cache holding the prompts ([u, P] ids, mask, positions): [u, V] last-position logits."""
         self.cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1, **{CACHE_KEYWORD: self.cache})
         return out.logits[:, -1]
 
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The prompt pass; the rows attend where `mask` is 1."""
+        self.mask = mask
+        return self.prompt_pass(ids, mask, positions)
+
     def take(self, index: torch.Tensor) -> None:
         """Keep (or repeat) the cache's rows `index` ([b'] row numbers)."""
         self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One token per row ([b] tokens at [b, 1] positions; [b, t] mask including them) -> [b, V] logits."""
-        out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token per row ([b] tokens at [b, 1] positions), attending to everything cached
+        and to itself -> [b, V] logits."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], 1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
                          use_cache=True, **{CACHE_KEYWORD: self.cache})
         return out.logits[:, -1]
 
@@ -94,33 +110,51 @@ class LlamaDecode(TransformersDecode):
                 mlp.gate_up_weight, mlp.gate_up_bias = _fuse(mlp.gate_proj, mlp.up_proj)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        logits = super().prefill(ids, mask, positions)
+        logits = self.prompt_pass(ids, mask, positions)
         self.length = ids.shape[1]
+        dtype = self.model.model.embed_tokens.weight.dtype
+        self.bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask == 0, float("-inf"))
+        self._rotary_tables(self.length)
         return logits
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def take(self, index: torch.Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.bias = self.bias[index]
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
-        capacity = self.cache.layers[0].keys.shape[2]
-        if self.length == capacity:
+        if self.length == self.bias.shape[1]:
             self._grow()
-            capacity += self.ROOM
         x = inner.embed_tokens(tokens)  # [b, H]
-        cos, sin = (part.view(len(tokens), 1, self.head_dim) for part in inner.rotary_emb(x[:, None], positions))
-        room = F.pad(mask, (0, capacity - mask.shape[1]))  # [b, capacity]: 0 where not yet written
-        bias = torch.zeros(room.shape, dtype=x.dtype, device=x.device).masked_fill_(room == 0, float("-inf"))
-        bias = bias[:, None, None, :]  # [b, 1, 1, capacity]: every head, the one query
+        cos, sin = (table.index_select(0, positions.view(-1))[:, None] for table in (self.cos, self.sin))  # [b, 1, d]
+        self.bias[:, self.length] = 0.0  # the step's own position
+        bias = self.bias[:, None, None, :]  # [b, 1, 1, capacity]: every head, the one query
         for index, layer in enumerate(inner.layers):
-            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, bias, index)
-            x = x + self._mlp(layer.mlp, layer.post_attention_layernorm(x))
+            x = x + self._attention(layer.self_attn, _rms_norm(layer.input_layernorm, x), cos, sin, bias, index)
+            x = x + self._mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x))
         self.length += 1
-        return self.model.lm_head(inner.norm(x))
+        return self.model.lm_head(_rms_norm(inner.norm, x))
 
     def _grow(self) -> None:
-        """ROOM more positions of zeros in every layer's keys and values ([b, kv_heads, t, d])."""
+        """ROOM more positions: zeros in every layer's keys and values ([b, kv_heads, t, d]),
+        masked out in the bias until a step writes them."""
         for layer in self.cache.layers:
             b, kv_heads, _, d = layer.keys.shape
             zeros = layer.keys.new_zeros(b, kv_heads, self.ROOM, d)
             layer.keys, layer.values = torch.cat([layer.keys, zeros], 2), torch.cat([layer.values, zeros], 2)
+        self.bias = F.pad(self.bias, (0, self.ROOM), value=float("-inf"))
+        self._rotary_tables(self.bias.shape[1])
+
+    def _rotary_tables(self, positions: int) -> None:
+        """cos and sin of positions 0..positions-1 ([positions, d] each), from the model's own
+        rotary embedding; sin's first half negated, so that rotate_half(x) * sin is
+        x.roll(d / 2) * self.sin (the roll swaps the halves, the sign is in the table)."""
+        rotary = self.model.model.rotary_emb
+        weight = self.model.model.embed_tokens.weight  # the rotary module reads only its device and dtype
+        like = torch.empty(0, dtype=weight.dtype, device=weight.device)
+        cos, sin = rotary(like, torch.arange(positions, device=weight.device)[None])
+        half = self.head_dim // 2
+        self.cos, self.sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)
 
     def _attention(self, attention, x, cos, sin, bias, index):
         """[b, H] normalised states -> [b, H] attention output; the step's key and value go into
@@ -128,7 +162,7 @@ class LlamaDecode(TransformersDecode):
         b, heads, kv_heads, d = len(x), self.heads, self.kv_heads, self.head_dim
         qkv = F.linear(x, attention.qkv_weight, attention.qkv_bias).view(b, heads + 2 * kv_heads, d)
         qk = qkv[:, :heads + kv_heads]
-        qk = qk * cos + torch.cat([-qk[..., d // 2:], qk[..., :d // 2]], -1) * sin  # rotary, as rotate_half
+        qk = qk * cos + qk.roll(d // 2, -1) * sin  # rotary, as rotate_half (_rotary_tables)
         layer = self.cache.layers[index]  # keys, values: [b, kv_heads, capacity, d]
         layer.keys[:, :, self.length] = qk[:, heads:]
         layer.values[:, :, self.length] = qkv[:, heads + kv_heads:]
@@ -143,6 +177,12 @@ class LlamaDecode(TransformersDecode):
     def _mlp(mlp, x):
         gate, up = F.linear(x, mlp.gate_up_weight, mlp.gate_up_bias).chunk(2, -1)
         return mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm module applied as it computes it (normalised in float32, cast back,
+    then scaled by its weight), in two calls instead of its eight operations."""
+    return norm.weight * F.rms_norm(x, x.shape[-1:], eps=norm.variance_epsilon)
 
 
 def _fuse(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,4 +210,7 @@ def _fuse(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
 def decoder_for(model) -> TransformersDecode:
     """LlamaDecode where the model's configuration is one it runs, else TransformersDecode."""
     runs = LLAMA_FAMILY.get(model.config.model_type)
-    return LlamaDecode(model) if runs is not None and runs(model.config) else TransformersDecode(model)
+    if runs is None or not runs(model.config):
+        return TransformersDecode(model)
+    rope = getattr(model.model.rotary_emb, "rope_type", "default")
+    return TransformersDecode(model) if rope in POSITION_DEPENDENT_ROPE else LlamaDecode(model)

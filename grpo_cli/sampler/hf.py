@@ -117,34 +117,39 @@ class HFSampler:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         shared = self.decoder.prefill(ids, mask, positions)
         self.decoder.take(copies)
-        logits, mask, next_position = shared[copies], mask[copies], positions[copies, -1:] + 1
+        logits, next_position = shared[copies], positions[copies, -1:] + 1
         finished = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
         lengths = torch.zeros(len(rows), dtype=torch.long, device=self.device)
         tokens = torch.full((len(rows), params.max_new_tokens), self.pad_id, dtype=torch.long, device=self.device)
         logprobs = torch.zeros(len(rows), params.max_new_tokens, device=self.device)
-        alive = torch.arange(len(rows), device=self.device)  # the rows still in the batch, in its order
+        # The rows still in the batch, in its order, and their state: the loop's work stays on
+        # them, and the whole batch's tensors are written where a row leaves.
+        alive = torch.arange(len(rows), device=self.device)
+        done, alive_lengths = finished.clone(), lengths.clone()
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         for t in range(params.max_new_tokens):
             scaled = logits.float() / params.temperature
             probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
             if t % RowNoise.BLOCK == 0:
-                uniforms = torch.stack([row.next_block() for row in noise]).to(self.device)
-            done = finished[alive]
-            drawn = torch.where(done, self.pad_id, inverse_cdf(probs, uniforms[alive, t % RowNoise.BLOCK]))
+                uniforms = torch.stack([noise[row].next_block() for row in alive.tolist()]).to(self.device)
+            drawn = torch.where(done, self.pad_id, inverse_cdf(probs, uniforms[:, t % RowNoise.BLOCK]))
             logprob = scaled.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
             tokens[alive, t] = drawn
-            logprobs[alive, t] = torch.where(done, torch.zeros_like(logprob), logprob)
-            lengths[alive] += (~done).long()
-            finished[alive] = done | torch.isin(drawn, eos)
-            if bool(finished.all()):
+            logprobs[alive, t] = logprob.masked_fill_(done, 0.0)
+            alive_lengths += ~done
+            done = done | torch.isin(drawn, eos)
+            ended = int(done.sum())
+            if ended == len(alive):
                 break
-            keep = ~finished[alive]
-            if int((~keep).sum()) * 8 >= len(alive):
-                alive, mask, next_position, drawn = alive[keep], mask[keep], next_position[keep], drawn[keep]
-                self.decoder.take(keep.nonzero().squeeze(-1))
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            logits = self.decoder.step(drawn, next_position, mask)
+            if ended * 8 >= len(alive):
+                finished[alive], lengths[alive] = done, alive_lengths
+                keep = (~done).nonzero().squeeze(-1)
+                alive, next_position, drawn = alive[keep], next_position[keep], drawn[keep]
+                done, alive_lengths, uniforms = done[keep], alive_lengths[keep], uniforms[keep]
+                self.decoder.take(keep)
+            logits = self.decoder.step(drawn, next_position)
             next_position = next_position + 1
+        finished[alive], lengths[alive] = done, alive_lengths
         steps = t + 1
         return tokens[:, :steps].cpu(), logprobs[:, :steps].cpu(), lengths.cpu(), finished.cpu()
 
