@@ -22,10 +22,10 @@ positions 0 or -inf, and takes cos and sin from tables of every position the cac
 computed by the model's rotary embedding when the cache grows (not on every token); models
 whose rotary frequencies follow the positions of each call (dynamic, longrope) decode through
 transformers. The norms compute what the model's RMSNorm does, through `F.rms_norm`; the
-activation, embedding and output layer are the model's own modules. In float32 its logits equal one forward over the whole sequence within 5e-5 over
-40 steps (tests/test_sampler.py), and the embedded default draws the same tokens either way; in
-bfloat16 both paths round the attention differently, each about as far from float32 as the
-other, so their draws part. With the shared prompt pass below, the default's generation takes
+activation, embedding and output layer are the model's own modules. In float32 its logits
+equal one forward over the whole sequence within 5e-5 over 40 steps (tests/test_sampler.py),
+and the embedded default draws the same tokens either way; in bfloat16 both paths round the
+attention differently, each about as far from float32 as the other, so their draws part. With the shared prompt pass below, the default's generation takes
 a quarter less time on one thread than transformers' forward over every row took (README,
 Performance).
 
