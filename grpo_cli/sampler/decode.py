@@ -99,6 +99,8 @@ class LlamaDecode(TransformersDecode):
     def __init__(self, model):
         super().__init__(model)
         self.length = 0  # positions written in every layer's cache
+        self.bias = torch.zeros(0, 0)  # [b, capacity]: 0 where a row attends, -inf elsewhere
+        self.cos = self.sin = torch.zeros(0, 0)  # [capacity, d]: _rotary_tables
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -114,8 +116,7 @@ class LlamaDecode(TransformersDecode):
         self.length = ids.shape[1]
         dtype = self.model.model.embed_tokens.weight.dtype
         self.bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask == 0, float("-inf"))
-        self._rotary_tables(self.length)
-        return logits
+        return logits  # the cache is full: the first step grows it, and the rotary tables with it
 
     def take(self, index: torch.Tensor) -> None:
         self.cache.batch_select_indices(index)
