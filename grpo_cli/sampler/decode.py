@@ -25,9 +25,9 @@ transformers. The norms compute what the model's RMSNorm does, through `F.rms_no
 activation, embedding and output layer are the model's own modules. In float32 its logits
 equal one forward over the whole sequence within 5e-5 over 40 steps (tests/test_sampler.py),
 and the embedded default draws the same tokens either way; in bfloat16 both paths round the
-attention differently, each about as far from float32 as the other, so their draws part. With the shared prompt pass below, the default's generation takes
-a quarter less time on one thread than transformers' forward over every row took (README,
-Performance).
+attention differently, each about as far from float32 as the other, so their draws part. With
+the shared prompt pass below, the default's generation takes a quarter less time on one
+thread than transformers' forward over every row took (README, Performance).
 
 Both share the prompt pass across a group: the n completions of a prompt start from the
 same prompt, so the prompt runs once and its cache is copied to the n rows (vLLM's prefix

@@ -82,7 +82,8 @@ def _before_completion(model, batch: TrainBatch, whole: bool, share_prompts: boo
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
     rest = run(input_ids=batch.input_ids[:, prompt_width:], attention_mask=batch.attention_mask,
-               position_ids=_positions(batch)[:, prompt_width:], use_cache=True, **{CACHE_KEYWORD: cache}, **keep(width))
+               position_ids=_positions(batch)[:, prompt_width:], use_cache=True, **{CACHE_KEYWORD: cache},
+               **keep(width))
     return torch.cat([scores(prompt)[:, -1:].index_select(0, inverse), scores(rest)[:, :-1]], 1)
 
 
