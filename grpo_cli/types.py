@@ -68,7 +68,8 @@ class Rollouts:
     completion_ids:   [N, C] right-padded; includes the EOS token when one was generated.
     completion_mask:  [N, C] 1 on generated tokens up to and including the first EOS.
     sampler_logprobs: [N, C] log-probs the sampler reported for the tokens it drew, at the
-                      sampling temperature over the full vocabulary (0 on padding).
+                      sampling temperature over the full vocabulary, or over what top-p /
+                      top-k kept when they are on (0 on padding).
     truncated:        [N] bool, True when the completion hit the length limit (no EOS).
     group_ids:        [N] long, index of the prompt within the batch (0..B-1).
     completions:      N decoded completion strings (special tokens stripped); of an episode,

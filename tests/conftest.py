@@ -8,6 +8,7 @@ import torch
 from grpo_cli.algorithms.rl_loss import RLLoss
 from grpo_cli.compose import compose, to_object
 from grpo_cli.config import ASSETS_DIR
+from grpo_cli.sampler.hf import filter_logits
 from grpo_cli.training.learner import Learner
 from grpo_cli.training.rl import logprobs_before_update
 from grpo_cli.types import Sequences, TrainBatch
@@ -39,6 +40,22 @@ def train_batch(learner: Learner, rollouts) -> TrainBatch:
     sequences = Sequences.from_rollouts(rollouts)
     logprobs = logprobs_before_update(learner, RLLoss.of(learner.cfg), sequences)
     return TrainBatch.assemble(sequences, torch.zeros_like(sequences.loss_mask), logprobs)
+
+
+def drawn_from_logprobs(model, rollouts, temperature: float, top_p: float, top_k: int):
+    """One forward over prompts and completions: the log-prob of each completion token under
+    the distribution the sampler drew from (logits / T, then top-k and top-p) and under the
+    full softmax, [N, C] each. Positions follow the left-padded prompts' mask, as in sampling."""
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], 1)
+    width = rollouts.completion_ids.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    scaled = logits[:, -width - 1:-1].float() / temperature  # [N, C, V]: each scores the next token
+    kept = filter_logits(scaled.flatten(0, 1), top_k, top_p).view_as(scaled)
+    token = rollouts.completion_ids[..., None]
+    return (kept.log_softmax(-1).gather(-1, token).squeeze(-1),
+            scaled.log_softmax(-1).gather(-1, token).squeeze(-1))
 
 
 def pytest_collection_modifyitems(config, items):

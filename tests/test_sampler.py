@@ -10,7 +10,7 @@ from grpo_cli.sampler.hf import filter_logits
 from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.types import left_pad
 
-from conftest import TINY, seeds
+from conftest import TINY, drawn_from_logprobs, seeds
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,16 @@ def test_sampler_logprobs_match_the_learner(sampler, eval_prompts, temperature):
         learner_logprobs, _ = sequence_logprobs(sampler.model, batch, temperature)
     gap = (learner_logprobs - out.sampler_logprobs).abs() * batch.loss_mask
     assert gap.max().item() < 1e-4
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.7, 0), (1.0, 3)])
+def test_under_top_p_or_top_k_the_sampler_records_the_distribution_it_drew_from(sampler, eval_prompts, top_p, top_k):
+    out = sampler.generate(eval_prompts.take(list(range(8))), params(top_p=top_p, top_k=top_k), seeds=seeds(2, 8))
+    drawn_from, full = drawn_from_logprobs(sampler.model, out, 1.0, top_p, top_k)
+    real = out.completion_mask.bool()
+    assert (out.sampler_logprobs - drawn_from)[real].abs().max() < 1e-4
+    # The filters took mass off: the full softmax's log-probs are lower, so recording them would fail.
+    assert (drawn_from - full)[real].max() > 0.05
 
 
 def test_top_k_one_is_greedy(sampler, eval_prompts, tokenizer):

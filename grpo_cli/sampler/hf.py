@@ -2,14 +2,16 @@
 
 We run our own decoding loop rather than `model.generate` so that the log-prob of every drawn
 token is recorded exactly as the learner will recompute it (fp32 log_softmax of logits / T over
-the full vocabulary, docs/algorithms.md §1.2), the random stream is ours to seed (a resumed run draws
+the full vocabulary, docs/algorithms.md §1.2; with top-p or top-k on, over the tokens they keep,
+below), the random stream is ours to seed (a resumed run draws
 the same completions), and positions follow the attention mask of left-padded prompts the same
 way in sampling and in training. Every completion draws from its own generator, seeded by its
 prompt's seed and its sample index, so what a prompt gets does not depend on which other
 prompts share its batch or its rank (the distributed run draws what a single process does,
 as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the draw is from the truncated
-distribution while the recorded log-prob is the full one, as the learner's is; correct for it
-with TIS/MIS or keep both filters off for training. Finished rows leave the batch as they
+distribution, and the recorded log-prob is that distribution's, as vLLM's processed log-probs
+are: the sampler reports the policy that drew the token, so the TIS/MIS weight against the
+learner's full-softmax ℓ sees the truncation. Finished rows leave the batch as they
 accumulate, so the steps after most completions ended cost what the unfinished rows cost.
 The model calls themselves (one prompt pass per group, then a token per row, and for Llama-family
 models decoding steps of our own) are sampler/decode.py's.
@@ -128,12 +130,12 @@ class HFSampler:
         done, alive_lengths = finished.clone(), lengths.clone()
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         for t in range(params.max_new_tokens):
-            scaled = logits.float() / params.temperature
-            probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
+            drawn_from = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
+            probs = drawn_from.softmax(-1)
             if t % RowNoise.BLOCK == 0:
                 uniforms = torch.stack([noise[row].next_block() for row in alive.tolist()]).to(self.device)
             drawn = torch.where(done, self.pad_id, inverse_cdf(probs, uniforms[:, t % RowNoise.BLOCK]))
-            logprob = scaled.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
+            logprob = drawn_from.log_softmax(-1).gather(-1, drawn[:, None]).squeeze(-1)
             tokens[alive, t] = drawn
             logprobs[alive, t] = logprob.masked_fill_(done, 0.0)
             alive_lengths += ~done

@@ -16,7 +16,7 @@ every optimizer step. Where we differ from both:
 
 Log-probs are vLLM's `processed_logprobs`: after temperature, so they are the learner's ℓ at
 the same temperature; with top-p / top-k on they are of the truncated distribution that was
-sampled (the hf sampler reports the full one). Completion texts are decoded with the run's
+sampled, as the hf sampler's are. Completion texts are decoded with the run's
 tokenizer, as the hf sampler does, so both engines score the same ids the same way.
 
 Supported: vLLM 0.26 to 0.32, the CUDA build (`vllm`, the `vllm` extra) on a GPU and the CPU
