@@ -32,7 +32,8 @@ log-probs and update), ours time/step; the median of each run's steps. Held-out 
 final models scored by the same `grpo eval` (all held-out prompts, eval.k samples each, the
 run's seed). Runs are interleaved, a pair per seed and thread count, with the order alternating
 from seed to seed within each thread count (ours first for the first seed on the first thread
-count), so a drift of the machine's speed hits both alike and the order favours neither. Figures, not assertions: compare runs on the same machine.
+count), so a drift of the machine's speed hits both alike and the order favours neither.
+Figures, not assertions: compare runs on the same machine.
 """
 
 from __future__ import annotations
