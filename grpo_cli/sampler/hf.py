@@ -6,12 +6,13 @@ full vocabulary, docs/algorithms.md §1.2) when top-p and top-k are off, the ran
 ours to seed (a resumed run draws the same completions), and positions follow the attention
 mask of left-padded prompts the same way in sampling and in training. Every completion draws
 from its own generator, seeded by its prompt's seed and its sample index, so what a prompt gets
-does not depend on which other prompts share its batch or its rank (the distributed run draws what a single process does,
-as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the draw is from the truncated
-distribution, and the recorded log-prob is that distribution's, as vLLM's processed log-probs
-are: the sampler reports the policy that drew the token, so the TIS/MIS weight against the
-learner's full-softmax ℓ sees the truncation. Finished rows leave the batch as they
-accumulate, so the steps after most completions ended cost what the unfinished rows cost.
+does not depend on which other prompts share its batch or its rank (the distributed run draws
+what a single process does, as vLLM's per-request seeds do). With top-p < 1 or top-k > 0 the
+draw is from the truncated distribution, and the recorded log-prob is that distribution's, as
+vLLM's processed log-probs are: the sampler reports the policy that drew the token, so the
+TIS/MIS weight against the learner's full-softmax ℓ sees the truncation. Finished rows leave
+the batch as they accumulate, so the steps after most completions ended cost what the
+unfinished rows cost.
 The model calls themselves (one prompt pass per group, then a token per row, and for Llama-family
 models decoding steps of our own) are sampler/decode.py's.
 """
